@@ -15,7 +15,8 @@ compiled code, wrap the call with :func:`with_runtime_checks`, which uses
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -1,0 +1,175 @@
+"""tfds image datasets read with ``tfds.data_source`` (no TensorFlow at run time).
+
+Datasets must be prepared once, in the ``array_record`` file format, by
+``tools/prepare_data.py`` on a machine with network access (it needs the
+``prepare`` extra, i.e. tensorflow-cpu). At run time they are read from the
+prepared data directory with ``tfds.data_source`` (random access through
+``array_record``; TensorFlow is not imported) and loaded once into host
+``uint8`` arrays.
+
+A missing dataset fails fast: before calling tfds, this module checks the
+prepared directory ``<data_dir>/<name>/<version>/dataset_info.json`` itself
+and raises one ``FileNotFoundError`` that says how to prepare it, so tfds never
+enters its download/GCS retry loop (which lasts minutes without a network).
+``tfds.data_source`` is also called with ``download=False, try_gcs=False``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+
+import numpy as np
+
+from compsum_jax.data.types import ArraySplit
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSpec:
+  """What the pipeline needs to know about one tfds dataset."""
+
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  augment: bool  # random crop + horizontal flip suits it
+
+
+TFDS_SPECS: dict[str, TfdsSpec] = {
+    "mnist": TfdsSpec(10, (28, 28, 1), False),
+    "fashion_mnist": TfdsSpec(10, (28, 28, 1), False),
+    "cifar10": TfdsSpec(10, (32, 32, 3), True),
+    "cifar100": TfdsSpec(100, (32, 32, 3), True),
+    # Digits: a horizontal flip changes the class, so no standard augmentation.
+    "svhn_cropped": TfdsSpec(10, (32, 32, 3), False),
+}
+TFDS_DATASETS = tuple(TFDS_SPECS)
+
+_READ_CHUNK = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSplits:
+  """Train and test splits of a tfds dataset, plus where they came from."""
+
+  train: ArraySplit
+  test: ArraySplit
+  num_classes: int
+  augment: bool
+  data_dir: str
+  version: str
+
+
+def default_data_dir() -> str:
+  """``$TFDS_DATA_DIR`` if set, else ``~/tensorflow_datasets`` (tfds' default)."""
+  return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
+      "~/tensorflow_datasets")
+
+
+def prepare_command(name: str, data_dir: str) -> str:
+  """The shell command that prepares ``name`` into ``data_dir``."""
+  return (f"pip install -e '.[prepare]' && python tools/prepare_data.py "
+          f"--datasets={name} --data_dir={data_dir}")
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+  return tuple(int(p) for p in version.split("."))
+
+
+def find_prepared_version(name: str, data_dir: str) -> str:
+  """Checks that ``name`` is prepared in ``data_dir``; returns its version.
+
+  Looks for ``<data_dir>/<name>/<X.Y.Z>/dataset_info.json`` (newest version
+  first) whose file format is ``array_record``. Only the local file system is
+  touched, so this takes milliseconds.
+
+  Raises:
+    ValueError: unknown dataset name.
+    FileNotFoundError: not prepared, or prepared only in a format that
+      ``tfds.data_source`` cannot read; the message says how to prepare it.
+  """
+  if name not in TFDS_SPECS:
+    raise ValueError(f"unknown tfds dataset name={name!r}; expected one of "
+                     f"{TFDS_DATASETS}")
+  root = os.path.join(data_dir, name)
+  versions = []
+  if os.path.isdir(root):
+    versions = sorted(
+        (v for v in os.listdir(root) if re.fullmatch(r"\d+\.\d+\.\d+", v)
+         and os.path.isfile(os.path.join(root, v, "dataset_info.json"))),
+        key=_version_key, reverse=True)
+  how = (f"Prepare it once on a machine with network access:\n    "
+         f"{prepare_command(name, data_dir)}\nthen point the run at that "
+         f"directory (--config.data_dir=... or TFDS_DATA_DIR), or use the "
+         f"offline datasets 'digits' or 'synthetic'.")
+  if not versions:
+    raise FileNotFoundError(
+        f"Dataset {name!r} is not prepared in data_dir={data_dir!r} (no "
+        f"{root}/<version>/dataset_info.json). {how}")
+  for version in versions:
+    with open(os.path.join(root, version, "dataset_info.json"),
+              encoding="utf-8") as f:
+      info = json.load(f)
+    if info.get("fileFormat", "tfrecord") == "array_record":
+      return version
+  raise FileNotFoundError(
+      f"Dataset {name!r} in data_dir={data_dir!r} (versions {versions}) is "
+      f"prepared in the tfrecord format, which tfds.data_source cannot read "
+      f"without TensorFlow; it must be prepared with "
+      f"file_format='array_record'. {how}")
+
+
+def _read_all(source, name: str, split: str, spec: TfdsSpec) -> ArraySplit:
+  """Reads every record of a data source into uint8 images and int32 labels."""
+  n = len(source)
+  images = np.empty((n,) + spec.image_shape, np.uint8)
+  labels = np.empty(n, np.int32)
+  for start in range(0, n, _READ_CHUNK):
+    idx = list(range(start, min(start + _READ_CHUNK, n)))
+    records = source.__getitems__(idx)
+    for i, record in zip(idx, records, strict=True):
+      image = np.asarray(record["image"])
+      if image.shape != spec.image_shape:
+        raise ValueError(f"{name}/{split} record {i} has image shape "
+                         f"{image.shape}, expected {spec.image_shape}")
+      images[i] = image
+      labels[i] = int(record["label"])
+  if n and (labels.min() < 0 or labels.max() >= spec.num_classes):
+    raise ValueError(f"{name}/{split} has labels outside [0, "
+                     f"{spec.num_classes}): range [{labels.min()}, "
+                     f"{labels.max()}]")
+  return ArraySplit(images, labels)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, data_dir: str, version: str) -> TfdsSplits:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  spec = TFDS_SPECS[name]
+  sources = tfds.data_source(f"{name}:{version}", split=["train", "test"],
+                             data_dir=data_dir, download=False, try_gcs=False)
+  train, test = (_read_all(src, name, split, spec)
+                 for src, split in zip(sources, ("train", "test"), strict=True))
+  return TfdsSplits(train=train, test=test, num_classes=spec.num_classes,
+                    augment=spec.augment, data_dir=data_dir, version=version)
+
+
+def load_tfds_splits(name: str, data_dir: str | None = None) -> TfdsSplits:
+  """Loads the train and test splits of a prepared tfds dataset.
+
+  Args:
+    name: one of ``TFDS_DATASETS``.
+    data_dir: the prepared TFDS data directory; None for
+      :func:`default_data_dir`.
+
+  Returns:
+    TfdsSplits with uint8 images [N, H, W, C] and int32 labels [N]. Loaded
+    once per process (cached; the arrays must not be modified).
+
+  Raises:
+    FileNotFoundError: the dataset is not prepared (fast, no network).
+  """
+  data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+  version = find_prepared_version(name, data_dir)
+  return _load_cached(name, data_dir, version)

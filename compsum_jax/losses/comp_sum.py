@@ -51,14 +51,27 @@ def _expm1_ratio(x: jax.Array) -> jax.Array:
   return jnp.where(small, series, closed)
 
 
-def _phi_of_log1p(log1p_u: jax.Array, tau: jax.Array) -> jax.Array:
-  """Φ^τ written in terms of c = log(1 + u): expm1((1 − τ)c)/(1 − τ) = c·g((1−τ)c)."""
+def _phi_of_log1p(log1p_u: jax.Array, tau: float | jax.Array) -> jax.Array:
+  """Φ^τ written in terms of c = log(1 + u): expm1((1 − τ)c)/(1 − τ) = c·g((1−τ)c).
+
+  A Python-number τ is specialised at trace time (no τ-gradient is needed, so
+  the closed form is exact for τ ≠ 1 and τ = 1 is plain c); an array τ takes the
+  series-guarded path whose value and τ-gradient are smooth across τ = 1.
+  """
+  if isinstance(tau, (int, float)):
+    if tau == 1.0:
+      return log1p_u  # Φ^1(u) = log(1 + u)
+    a = 1.0 - float(tau)
+    return jnp.expm1(a * log1p_u) / a  # notes §2.2
   a = 1.0 - tau
   return log1p_u * _expm1_ratio(a * log1p_u)
 
 
-def _as_tau(tau, dtype) -> jax.Array:
+def _as_tau(tau, dtype) -> float | jax.Array:
+  """Validates τ; Python numbers stay static, anything else becomes an array."""
   validation.check_tau(tau)
+  if isinstance(tau, (int, float)) and not isinstance(tau, bool):
+    return float(tau)
   return jnp.asarray(tau, dtype=dtype)
 
 
@@ -144,7 +157,8 @@ def comp_sum_loss_soft(logits: jax.Array, probs: jax.Array,
   # CE for every candidate label: logsumexp(h) − h_y, shape [..., n].
   ce_all = jnp.maximum(
       jax.nn.logsumexp(logits, axis=-1, keepdims=True) - logits, 0.0)
-  per_label = _phi_of_log1p(ce_all, jnp.expand_dims(tau, -1))
+  per_label = _phi_of_log1p(
+      ce_all, tau if isinstance(tau, float) else jnp.expand_dims(tau, -1))
   # Σ_y p_y ℓ_τ(h, y); a zero-probability label contributes 0 even if ℓ = inf.
   return jnp.sum(jnp.where(probs > 0, probs * per_label, 0.0), axis=-1)
 
@@ -170,7 +184,8 @@ def generalized_cross_entropy_loss(logits: jax.Array, labels: jax.Array,
   the mean absolute error 1 − s_y.
   """
   validation.check_nonnegative(q, "q")
-  return comp_sum_loss(logits, labels, jnp.asarray(q) + 1.0)
+  tau = 1.0 + q if isinstance(q, (int, float)) else jnp.asarray(q) + 1.0
+  return comp_sum_loss(logits, labels, tau)
 
 
 def mean_absolute_error_loss(logits: jax.Array,

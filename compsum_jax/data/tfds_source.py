@@ -46,8 +46,6 @@ TFDS_SPECS: dict[str, TfdsSpec] = {
 }
 TFDS_DATASETS = tuple(TFDS_SPECS)
 
-_READ_CHUNK = 2048
-
 
 @dataclasses.dataclass(frozen=True)
 class TfdsSplits:
@@ -125,20 +123,23 @@ def _read_all(source, name: str, split: str, spec: TfdsSpec) -> ArraySplit:
   n = len(source)
   images = np.empty((n,) + spec.image_shape, np.uint8)
   labels = np.empty(n, np.int32)
-  for start in range(0, n, _READ_CHUNK):
-    idx = list(range(start, min(start + _READ_CHUNK, n)))
-    records = source.__getitems__(idx)
-    for i, record in zip(idx, records, strict=True):
-      image = np.asarray(record["image"])
-      if image.shape != spec.image_shape:
-        raise ValueError(f"{name}/{split} record {i} has image shape "
-                         f"{image.shape}, expected {spec.image_shape}")
-      images[i] = image
-      labels[i] = int(record["label"])
+  # One record at a time: decoding (PNG) dominates, and the batch read
+  # ``__getitems__`` is broken under tfds.testing.mock_data in tfds 4.9.10.
+  for i in range(n):
+    record = source[i]
+    image = np.asarray(record["image"])
+    if image.shape != spec.image_shape:
+      raise ValueError(f"{name}/{split} record {i} has image shape "
+                       f"{image.shape}, expected {spec.image_shape}")
+    images[i] = image
+    labels[i] = int(record["label"])
   if n and (labels.min() < 0 or labels.max() >= spec.num_classes):
     raise ValueError(f"{name}/{split} has labels outside [0, "
                      f"{spec.num_classes}): range [{labels.min()}, "
                      f"{labels.max()}]")
+  # Shared by every load_dataset call in this process (cached): read-only.
+  images.flags.writeable = False
+  labels.flags.writeable = False
   return ArraySplit(images, labels)
 
 

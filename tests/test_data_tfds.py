@@ -1,0 +1,126 @@
+"""The tfds path: tfds.data_source under tfds.testing.mock_data, no TensorFlow.
+
+TensorFlow is not installed in the default environment, and the library must
+never import it: ``tfds.data_source`` reads array_record files without it.
+Preparation itself (tools/prepare_data.py) needs TensorFlow and a network and
+is not run here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from compsum_jax import data  # noqa: E402
+from compsum_jax.data import tfds_source  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fake_prepared_dir(root, name: str, file_format: str = "array_record"
+                       ) -> str:
+  """Writes <root>/<name>/<version>/dataset_info.json as tfds would.
+
+  The records themselves come from tfds.testing.mock_data, which replaces the
+  array_record reader; this file is what the fast "is it prepared?" check
+  reads.
+  """
+  version = str(tfds.builder_cls(name).VERSION)
+  path = os.path.join(root, name, version)
+  os.makedirs(path)
+  with open(os.path.join(path, "dataset_info.json"), "w",
+            encoding="utf-8") as f:
+    json.dump({"name": name, "version": version, "fileFormat": file_format},
+              f)
+  return str(root)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "mnist", "svhn_cropped",
+                                  "cifar100", "fashion_mnist"])
+def test_mock_data_source_path_without_tensorflow(tmp_path, name):
+  data_dir = _fake_prepared_dir(tmp_path, name)
+  spec = tfds_source.TFDS_SPECS[name]
+  with tfds.testing.mock_data(num_examples=40):
+    ds = data.load_dataset(name, data_dir=data_dir, seed=0, validation_size=8,
+                           label_noise=("symmetric", 0.25))
+  assert "tensorflow" not in sys.modules
+  assert ds.num_classes == spec.num_classes
+  assert ds.input_shape == spec.image_shape
+  assert ds.augment == (name in ("cifar10", "cifar100"))
+  assert len(ds.train) == 32 and len(ds.validation) == 8 and len(ds.test) == 40
+  for split in (ds.train, ds.validation, ds.test):
+    assert split.images.dtype == np.uint8
+    assert split.images.shape[1:] == spec.image_shape
+    assert split.labels.dtype == np.int32
+    assert np.all((split.labels >= 0) & (split.labels < spec.num_classes))
+  assert ds.train.flipped.sum() == 8  # round(0.25 · 32)
+  assert ds.meta["source"] == "tfds.data_source"
+  batch = next(data.train_batches(ds.train, 16, seed=0, epoch=0))
+  assert batch["image"].dtype == np.float32
+  assert batch["image"].shape == (16,) + spec.image_shape
+  assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+  # mean/std in meta are those of the [0, 1] training images (per channel).
+  x = ds.train.images.astype(np.float64) / 255.0
+  np.testing.assert_allclose(ds.meta["mean"], x.reshape(-1, x.shape[-1]).mean(0))
+  np.testing.assert_allclose(ds.meta["std"], x.reshape(-1, x.shape[-1]).std(0))
+
+
+def test_cached_arrays_are_read_only(tmp_path):
+  data_dir = _fake_prepared_dir(tmp_path, "mnist")
+  with tfds.testing.mock_data(num_examples=4):
+    ds = data.load_dataset("mnist", data_dir=data_dir)
+  with pytest.raises(ValueError):
+    ds.train.images[0, 0, 0, 0] = 1
+
+
+def test_missing_dataset_raises_one_clear_error_without_calling_tfds(
+    tmp_path, monkeypatch):
+  def must_not_be_called(*args, **kwargs):
+    raise AssertionError("tfds was called for a dataset that is not prepared")
+
+  # No tfds call at all, so no download or GCS retry loop can start.
+  monkeypatch.setattr(tfds, "data_source", must_not_be_called)
+  monkeypatch.setattr(tfds, "builder", must_not_be_called)
+  with pytest.raises(FileNotFoundError) as info:
+    data.load_dataset("cifar10", data_dir=str(tmp_path / "nothing_here"))
+  message = str(info.value)
+  assert "'cifar10' is not prepared" in message
+  assert "tools/prepare_data.py --datasets=cifar10" in message
+  assert "[prepare]" in message
+
+
+def test_missing_dataset_uses_tfds_data_dir_env(tmp_path, monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+    data.load_dataset("svhn_cropped")
+
+
+def test_tfrecord_prepared_dataset_is_rejected_with_instructions(tmp_path):
+  data_dir = _fake_prepared_dir(tmp_path, "mnist", file_format="tfrecord")
+  with pytest.raises(FileNotFoundError, match="array_record"):
+    data.load_dataset("mnist", data_dir=data_dir)
+
+
+def test_tfds_dataset_rejects_extra_options(tmp_path):
+  with pytest.raises(ValueError, match="no extra options"):
+    data.load_dataset("mnist", data_dir=str(tmp_path), num_train=3)
+
+
+def test_prepare_tool_without_tensorflow_says_what_to_install(tmp_path):
+  if importlib.util.find_spec("tensorflow") is not None:
+    pytest.skip("TensorFlow is installed here; preparing would download")
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tools", "prepare_data.py"),
+       "--datasets=mnist", f"--data_dir={tmp_path}"],
+      capture_output=True, text=True, check=False, cwd=REPO, timeout=120)
+  assert result.returncode == 2
+  assert "pip install -e '.[prepare]'" in result.stderr
+  assert not os.listdir(tmp_path)

@@ -1,0 +1,54 @@
+"""Training core: TrainState, optimizer, THE train step, evaluation, loop.
+
+Every experiment trains through :func:`make_train_step` with its own
+objective; see ``step.py`` for the data-parallel and vmapped-member design.
+"""
+
+from compsum_jax.training.objectives import (
+    apply_model,
+    classification_eval_fn,
+    classification_objective,
+    comp_sum_from_hparams,
+)
+from compsum_jax.training.optimizer import make_optimizer, make_schedule
+from compsum_jax.training.state import (
+    TrainState,
+    create_train_state,
+    init_member_states,
+    init_train_state,
+    key_data,
+    num_params,
+    stack_states,
+    unstack_states,
+)
+from compsum_jax.training.step import (
+    evaluate,
+    make_data_mesh,
+    make_eval_step,
+    make_train_step,
+    replicate,
+    shard_batch,
+)
+
+__all__ = [
+    "TrainState",
+    "apply_model",
+    "classification_eval_fn",
+    "classification_objective",
+    "comp_sum_from_hparams",
+    "create_train_state",
+    "evaluate",
+    "init_member_states",
+    "init_train_state",
+    "key_data",
+    "make_data_mesh",
+    "make_eval_step",
+    "make_optimizer",
+    "make_schedule",
+    "make_train_step",
+    "num_params",
+    "replicate",
+    "shard_batch",
+    "stack_states",
+    "unstack_states",
+]

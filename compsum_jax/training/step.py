@@ -1,0 +1,366 @@
+"""THE train step (one builder for every experiment) and the evaluation step.
+
+Every experiment plugs in an *objective*
+
+    objective(params, batch_stats, batch, rng) -> (loss, aux),
+    aux = {'batch_stats': new_stats or None, 'metrics': {name: scalar}},
+
+and gets a compiled step ``state, metrics = train_step(state, batch)``. The
+step inserts ``state.hparams`` into the batch as ``batch['hparams']``, so one
+objective serves K vmapped members with different τ.
+
+Data parallelism. With ``mesh`` (a 1-axis mesh named 'data', see
+:func:`make_data_mesh`) the step is ``jax.jit`` with ``NamedSharding``: every
+leaf of the batch is split on its leading axis over the devices, the state is
+replicated, and the state argument is donated. The program is written for the
+*global* batch and XLA inserts the all-reduces, so the result equals the
+single-device step on the same global batch up to float summation order: the
+mean loss and its gradient are over the global batch, and **batch-norm
+statistics are computed over the global batch** (synchronised batch norm),
+not per device. Random numbers are independent of the sharding
+(``jax_threefry_partitionable``, default on). The mesh uses
+``AxisType.Auto`` (sharding propagation by the compiler) rather than the
+``Explicit`` default of ``jax.make_mesh``: objectives are ordinary
+single-device code (reshapes, gathers, attacks) and must not have to carry
+sharding annotations. Multi-host: call ``jax.distributed.initialize()`` first;
+``jax.devices()`` then spans all hosts and :func:`shard_batch` assembles the
+global batch from each process's rows.
+
+Vmapped members. With ``num_members=K`` every state leaf has a leading axis of
+size K; the single-member step is ``jax.vmap``-ed over it (same batch for all
+members, per-member params, optimizer state, rng and hparams) in one compiled
+call. Member k's result equals the single step run on member k alone.
+
+Randomness. The step key is ``fold_in(state.rng, state.step)``, split into a
+key for the augmentation hook and one for the objective; nothing depends on
+how many steps ran in this process, so a resumed run continues the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from compsum_jax.training.state import TrainState, key_data
+
+PyTree = Any
+Batch = Mapping[str, Any]
+Objective = Callable[[PyTree, PyTree, Batch, jax.Array],
+                     tuple[jax.Array, dict[str, Any]]]
+AugmentFn = Callable[[jax.Array, Batch], Batch]
+EvalFn = Callable[[PyTree, PyTree, Batch, jax.Array], dict[str, jax.Array]]
+
+DATA_AXIS = "data"
+
+
+def make_data_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  """1-D mesh ('data',) over the first ``num_devices`` devices (default all).
+
+  Uses ``jax.sharding.AxisType.Auto`` (see module doc for why not Explicit).
+  """
+  available = len(jax.devices())
+  n = available if num_devices is None else int(num_devices)
+  if not 1 <= n <= available:
+    raise ValueError(f"num_devices must be in [1, {available}] (devices "
+                     f"available), got num_devices={num_devices!r}")
+  return jax.make_mesh((n,), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:n])
+
+
+def _check_mesh(mesh: jax.sharding.Mesh) -> None:
+  if tuple(mesh.axis_names) != (DATA_AXIS,):
+    raise ValueError(f"mesh must have the single axis ('{DATA_AXIS}',), got "
+                     f"axis names {tuple(mesh.axis_names)}")
+
+
+def replicated_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Sharding that puts a full copy on every device of ``mesh``."""
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Sharding that splits the leading (batch) axis over the 'data' axis."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicate(tree: PyTree, mesh: jax.sharding.Mesh | None) -> PyTree:
+  """Places ``tree`` (e.g. a TrainState) replicated on every mesh device."""
+  if mesh is None:
+    return jax.device_put(tree)
+  return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def shard_batch(batch: Batch, mesh: jax.sharding.Mesh | None) -> dict:
+  """Moves a host batch (dict of arrays [B, ...]) onto the devices.
+
+  With a mesh, B must be divisible by the number of devices; each device gets
+  B / n consecutive rows. On several hosts every process passes the same
+  global batch and contributes the rows of its own devices.
+  """
+  batch = dict(batch)
+  if mesh is None:
+    return jax.device_put(batch)
+  _check_mesh(mesh)
+  n = mesh.size
+  sharding = batch_sharding(mesh)
+  for name, x in batch.items():
+    b = np.shape(x)[0] if np.ndim(x) else None
+    if b is None or b % n:
+      raise ValueError(f"batch[{name!r}] has leading size {b}, which must be "
+                       f"divisible by the {n} devices of the mesh")
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  out = {}
+  for name, x in batch.items():
+    x = np.asarray(x)
+    rows = x.shape[0] // jax.process_count()
+    start = jax.process_index() * rows
+    out[name] = jax.make_array_from_process_local_data(
+        sharding, x[start:start + rows], x.shape)
+  return out
+
+
+def _tree_all_finite(tree: PyTree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _check_aux(aux: Any) -> None:
+  if not isinstance(aux, Mapping) or "metrics" not in aux:
+    raise ValueError("objective must return (loss, aux) with aux a dict "
+                     "{'batch_stats': new_stats_or_None, 'metrics': dict}, got "
+                     f"aux={type(aux).__name__}"
+                     f"{sorted(aux) if isinstance(aux, Mapping) else ''}")
+
+
+def make_train_step(objective: Objective,
+                    optimizer: optax.GradientTransformation, *,
+                    ema_decay: float = 0.0,
+                    mesh: jax.sharding.Mesh | None = None,
+                    num_members: int | None = None,
+                    augment_fn: AugmentFn | None = None,
+                    donate: bool = True,
+                    jit: bool = True
+                    ) -> Callable[[TrainState, Batch],
+                                  tuple[TrainState, dict[str, jax.Array]]]:
+  """Builds the compiled train step ``(state, batch) -> (state, metrics)``.
+
+  One update:  (L, aux), g = ∇_params objective(params, batch_stats,
+  batch ∪ {'hparams'}, k_obj);  u, opt ← optimizer.update(g, opt, params);
+  params ← params + u;  ema ← d·ema + (1 − d)·params  (if ema_decay d > 0).
+
+  Args:
+    objective: ``objective(params, batch_stats, batch, rng) -> (loss, aux)``
+      with scalar ``loss`` (the mean over the global batch) and ``aux =
+      {'batch_stats': new_stats or None, 'metrics': {name: scalar}}``.
+      ``batch['hparams']`` holds the member's ``state.hparams``.
+    optimizer: an optax transformation, e.g. from :func:`make_optimizer`.
+    ema_decay: d ∈ [0, 1); 0 keeps ``state.ema_params`` untouched (may be
+      None). With d > 0 the state needs ``ema_params`` (``ema=True`` at init).
+    mesh: a ('data',) mesh for data parallelism (module doc); None: default
+      device, no sharding constraints.
+    num_members: K to train K stacked members (leading axis K on every state
+      leaf) with one vmapped call; None for a single member.
+    augment_fn: optional on-device hook ``augment_fn(key, batch) -> batch``
+      applied inside the compiled step before the objective (e.g. random
+      crop + flip via ``compsum_jax.data.augment_images``); each member gets
+      its own key.
+    donate: donate the input state's buffers to the output (the caller must
+      not use the old state afterwards).
+    jit: compile (default). ``jit=False`` returns the plain function (for
+      composing into a larger jitted program or debugging).
+
+  Returns:
+    ``train_step(state, batch) -> (new_state, metrics)``. ``metrics`` holds
+    the objective's metrics plus 'loss', 'grad_norm' (global ℓ2 norm of the
+    gradient) and 'finite' (1.0 if loss and gradients are finite); with K
+    members each metric has shape [K].
+  """
+  ema_decay = float(ema_decay)
+  if not 0.0 <= ema_decay < 1.0:
+    raise ValueError(f"ema_decay must lie in [0, 1), got ema_decay="
+                     f"{ema_decay!r}")
+  if num_members is not None and (int(num_members) != num_members or
+                                  num_members < 1):
+    raise ValueError(f"num_members must be None or an integer >= 1, got "
+                     f"num_members={num_members!r}")
+  if mesh is not None:
+    _check_mesh(mesh)
+
+  def single_step(state: TrainState, batch: Batch):
+    if ema_decay > 0 and state.ema_params is None:
+      raise ValueError("ema_decay > 0 needs a state with ema_params; build it "
+                       "with ema=True")
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng),
+                                  state.step)
+    augment_key, objective_key = jax.random.split(step_key)
+    batch = dict(batch)
+    if augment_fn is not None:
+      batch = dict(augment_fn(augment_key, batch))
+    batch["hparams"] = state.hparams
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    (loss, aux), grads = grad_fn(state.params, state.batch_stats, batch,
+                                 objective_key)
+    _check_aux(aux)
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_stats = aux.get("batch_stats")
+    batch_stats = state.batch_stats if new_stats is None else new_stats
+    ema_params = state.ema_params
+    if ema_decay > 0:
+      # ema ← d·ema + (1 − d)·params
+      ema_params = jax.tree.map(
+          lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+          state.ema_params, params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    metrics = {name: jnp.asarray(value, jnp.float32)
+               for name, value in dict(aux["metrics"]).items()}
+    metrics.update(loss=jnp.asarray(loss, jnp.float32), grad_norm=grad_norm,
+                   finite=finite.astype(jnp.float32))
+    new_state = state.replace(step=state.step + 1, params=params,
+                              batch_stats=batch_stats, opt_state=opt_state,
+                              ema_params=ema_params)
+    return new_state, metrics
+
+  step_fn = single_step
+  if num_members is not None:
+    step_fn = jax.vmap(single_step, in_axes=(0, None))
+
+  def checked_step(state: TrainState, batch: Batch):
+    if num_members is not None:
+      lead = {np.shape(x)[0] if np.ndim(x) else None
+              for x in jax.tree.leaves(state)}
+      if lead != {num_members}:
+        raise ValueError(f"num_members={num_members} but the state leaves "
+                         f"have leading sizes {sorted(lead, key=str)}; stack "
+                         "member states with stack_states/init_member_states")
+    return step_fn(state, batch)
+
+  if not jit:
+    return checked_step
+  donate_argnums = (0,) if donate else ()
+  if mesh is None:
+    return jax.jit(checked_step, donate_argnums=donate_argnums)
+  replicated = replicated_sharding(mesh)
+  return jax.jit(checked_step,
+                 in_shardings=(replicated, batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated),
+                 donate_argnums=donate_argnums)
+
+
+def make_eval_step(eval_fn: EvalFn, *, mesh: jax.sharding.Mesh | None = None,
+                   num_members: int | None = None, use_ema: bool = False
+                   ) -> Callable[[TrainState, Batch, jax.Array],
+                                 dict[str, jax.Array]]:
+  """Builds ``eval_step(state, batch, rng) -> masked per-batch sums``.
+
+  ``eval_fn(params, batch_stats, batch, rng) -> {name: values [B]}`` gives
+  per-example values (e.g. 'correct' as bool/int, 'loss' as float);
+  ``batch['hparams']`` holds the member's hparams and ``batch['mask']``
+  (float [B], 1 real / 0 padding) marks the padded tail of the last batch.
+  The step returns Σ_i mask_i·v_i for every name (int32 for bool/integer
+  values, so counts are exact; float32 otherwise) and 'count' = Σ_i mask_i
+  (int32). With K members each sum has shape [K].
+
+  Args:
+    eval_fn: per-example evaluation function (see above).
+    mesh: ('data',) mesh: batch sharded, state replicated (not donated).
+    num_members: K for stacked member states, or None.
+    use_ema: evaluate ``state.ema_params`` instead of ``state.params``.
+
+  Returns:
+    The compiled eval step.
+  """
+  if mesh is not None:
+    _check_mesh(mesh)
+
+  def single_eval(state: TrainState, batch: Batch, rng: jax.Array):
+    params = state.ema_params if use_ema else state.params
+    if params is None:
+      raise ValueError("use_ema=True needs a state with ema_params")
+    batch = dict(batch)
+    if "mask" not in batch:
+      raise ValueError("eval batches need a 'mask' entry (float [B], 1 for "
+                       "real examples, 0 for padding); use eval_batches")
+    mask = batch["mask"]
+    batch["hparams"] = state.hparams
+    values = eval_fn(params, state.batch_stats, batch, rng)
+    sums = {}
+    for name, v in values.items():
+      if jnp.shape(v) != jnp.shape(mask):
+        raise ValueError(f"eval_fn value {name!r} must be per-example with "
+                         f"shape {jnp.shape(mask)}, got {jnp.shape(v)}")
+      if jnp.issubdtype(v.dtype, jnp.integer) or v.dtype == jnp.bool_:
+        # exact integer count Σ_i 1{mask_i > 0}·v_i
+        sums[name] = jnp.sum(jnp.where(mask > 0, v.astype(jnp.int32), 0))
+      else:
+        # Σ_i mask_i·v_i (padding rows are zeroed even if v_i is inf/NaN)
+        sums[name] = jnp.sum(jnp.where(mask > 0, mask * v, 0.0),
+                             dtype=jnp.float32)
+    sums["count"] = jnp.sum((mask > 0).astype(jnp.int32))
+    return sums
+
+  fn = single_eval
+  if num_members is not None:
+    fn = jax.vmap(single_eval, in_axes=(0, None, None))
+  if mesh is None:
+    return jax.jit(fn)
+  replicated = replicated_sharding(mesh)
+  return jax.jit(fn, in_shardings=(replicated, batch_sharding(mesh),
+                                   replicated),
+                 out_shardings=replicated)
+
+
+def evaluate(eval_step: Callable[..., dict[str, jax.Array]],
+             state: TrainState, batches: Iterable[Batch], *,
+             mesh: jax.sharding.Mesh | None = None,
+             rng: jax.Array | int = 0) -> dict[str, Any]:
+  """Runs ``eval_step`` over all ``batches`` and returns exact averages.
+
+  Per-batch sums are accumulated on the host in int64 / float64. Batch i uses
+  the key ``fold_in(rng, i)``.
+
+  Returns:
+    ``{'count': N, name: Σ v / N, name + '_sum': Σ v}`` for every value
+    ``name`` of the eval function; NumPy scalars, or arrays [K] for members.
+    Integer sums (e.g. correct counts) stay exact integers.
+  """
+  base = jax.random.wrap_key_data(key_data(rng))
+  totals: dict[str, np.ndarray] = {}
+  pending = []
+  for i, batch in enumerate(batches):
+    key = jax.random.key_data(jax.random.fold_in(base, i))
+    pending.append(eval_step(state, shard_batch(batch, mesh), key))
+    if len(pending) >= 8:  # bounded in-flight results, keeps dispatch async
+      _accumulate(totals, pending.pop(0))
+  for sums in pending:
+    _accumulate(totals, sums)
+  if not totals:
+    raise ValueError("evaluate got no batches")
+  count = totals.pop("count")
+  if np.any(count == 0):
+    raise ValueError("evaluate saw no real (mask > 0) examples")
+  out: dict[str, Any] = {"count": count}
+  for name, total in totals.items():
+    out[name] = total / count
+    out[name + "_sum"] = total
+  return out
+
+
+def _accumulate(totals: dict[str, np.ndarray], sums: Mapping[str, Any]) -> None:
+  for name, value in jax.device_get(dict(sums)).items():
+    value = np.asarray(value)
+    value = (value.astype(np.int64) if np.issubdtype(value.dtype, np.integer)
+             else value.astype(np.float64))
+    totals[name] = totals[name] + value if name in totals else value

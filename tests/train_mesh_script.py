@@ -1,0 +1,107 @@
+"""Subprocess helper for test_training_step: 4 fake CPU devices vs 1 device.
+
+Run with XLA_FLAGS=--xla_force_host_platform_device_count=4 set before jax is
+imported. Trains the same batch-norm model on the same global batches with a
+('data',) mesh over 4 devices and with no mesh (1 device), single-member and
+K=3 vmapped, and prints one JSON line with the largest parameter differences
+and the eval sums of both runs.
+"""
+
+import json
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from compsum_jax import training
+
+
+class TinyBatchNormNet(nn.Module):
+  """Dense -> BatchNorm -> relu -> Dense, enough to exercise global BN."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = x.reshape(x.shape[0], -1)
+    x = nn.Dense(32)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    return nn.Dense(5)(nn.relu(x))
+
+
+def noise_augment(key, batch):
+  # x ← x + 0.1·N(0, 1): random numbers over the global batch shape.
+  image = batch["image"]
+  return dict(batch, image=image + 0.1 * jax.random.normal(key, image.shape))
+
+
+def run(mesh, num_members, steps, batches, eval_batch):
+  model = TinyBatchNormNet()
+  optimizer = training.make_optimizer(
+      {"name": "sgd", "learning_rate": 0.2, "momentum": 0.9,
+       "weight_decay": 1e-3, "warmup_steps": 2}, steps)
+  if num_members is None:
+    state = training.init_train_state(model, optimizer, rng=3,
+                                      input_shape=(12,),
+                                      hparams={"tau": 0.5}, ema=True)
+  else:
+    state = training.init_member_states(
+        model, optimizer, rngs=[3, 4, 5], input_shape=(12,),
+        hparams={"tau": [0.5, 1.0, 1.7]}, ema=True)
+  state = training.replicate(state, mesh)
+  step = training.make_train_step(
+      training.classification_objective(model), optimizer, ema_decay=0.8,
+      mesh=mesh, num_members=num_members, augment_fn=noise_augment)
+  devices_used = set()
+  for batch in batches:
+    device_batch = training.shard_batch(batch, mesh)
+    devices_used |= {len(device_batch["image"].sharding.device_set)}
+    state, metrics = step(state, device_batch)
+  devices_used |= {len(state.params["Dense_0"]["kernel"].sharding.device_set)}
+  eval_step = training.make_eval_step(
+      training.classification_eval_fn(model), mesh=mesh,
+      num_members=num_members)
+  sums = eval_step(state, training.shard_batch(eval_batch, mesh),
+                   jax.random.key_data(jax.random.key(0)))
+  return (jax.device_get(state), jax.device_get(metrics),
+          jax.device_get(sums), sorted(devices_used))
+
+
+def max_diff(a, b):
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) -
+                                 np.asarray(y, np.float64))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def main():
+  rs = np.random.RandomState(0)
+  steps = 6
+  batches = [{"image": rs.randn(16, 12).astype(np.float32),
+              "label": rs.randint(0, 5, 16).astype(np.int32)}
+             for _ in range(steps)]
+  mask = np.ones(16, np.float32)
+  mask[-3:] = 0.0
+  eval_batch = {"image": rs.randn(16, 12).astype(np.float32),
+                "label": rs.randint(0, 5, 16).astype(np.int32), "mask": mask}
+  mesh = training.make_data_mesh(4)
+  out = {"num_devices": len(jax.devices()), "mesh_size": mesh.size}
+  for name, members in (("single", None), ("members", 3)):
+    s1, m1, e1, d1 = run(None, members, steps, batches, eval_batch)
+    s4, m4, e4, d4 = run(mesh, members, steps, batches, eval_batch)
+    out[name] = {
+        "devices_1": d1,
+        "devices_4": d4,
+        "params": max_diff(s1.params, s4.params),
+        "batch_stats": max_diff(s1.batch_stats, s4.batch_stats),
+        "ema_params": max_diff(s1.ema_params, s4.ema_params),
+        "opt_state": max_diff(s1.opt_state, s4.opt_state),
+        "loss": max_diff(m1["loss"], m4["loss"]),
+        "eval_1": {k: np.asarray(v).tolist() for k, v in e1.items()},
+        "eval_4": {k: np.asarray(v).tolist() for k, v in e4.items()},
+        "param_scale": max(float(np.max(np.abs(x)))
+                           for x in jax.tree.leaves(s1.params)),
+    }
+  json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,381 @@
+"""Hypothesis families as data (pytrees) and their best conditional risks C*.
+
+A family describes the set of score vectors {h(x, ·) : h ∈ H} reachable at a
+point x. It is a pytree, so ``jax.vmap`` maps over its parameters exactly as
+over p and τ. The interface every family implements:
+
+* ``best_conditional_risk(probs, tau) -> C*``: no input checks, jit/vmap-able;
+* ``project_scores(scores) -> scores``: Euclidean projection onto the set of
+  reachable score vectors (used by the generic solver
+  :func:`projected_gradient_solve`, so a new family — e.g. linear scorers
+  with a norm bound — only needs this projection and can delegate
+  ``best_conditional_risk`` to that solver).
+
+Families here:
+
+* :class:`CompleteFamily`: symmetric complete H (every score vector); C* has
+  the closed form of paper notes §4.1.
+* :class:`ScoreBoundedFamily`: scores at x range over [−Λ, Λ]^n (notes §3.4,
+  §4.2). C* is computed *exactly* by :func:`solve_score_bounded`.
+
+Why the score-bounded problem can be solved exactly (derivation, checked in
+tests against SciPy multi-start). ℓ_τ depends on the scores only through
+q = softmax(scores): ℓ_τ(s, y) = ψ(q_y), ψ(q) = (1 − q^{τ−1})/(τ − 1)
+(−log q at τ = 1). Shifting s does not change q, so the box [−Λ, Λ]^n gives
+exactly the polytope P = {q ∈ Δ_n : q_i ≤ R·q_j ∀ i, j}, R = e^{2Λ}, and
+
+  C*(H_Λ, x) = min_{q ∈ P} F(q),   F(q) = Σ_y p_y ψ(q_y).
+
+ψ is convex for τ < 2, linear at τ = 2 and concave for τ > 2 (ψ'' =
+(2 − τ)q^{τ−3}); the problem is convex in q for τ ≤ 2 although it is
+non-convex in the scores for τ > 1.
+
+* τ < 2: with m = min q fixed, the minimiser is q_y = clip(c·p_y^a, m, R·m),
+  a = 1/(2 − τ): the i largest p's sit at R·m, the j smallest at m and the
+  rest at κ·m·p^a. Stationarity in m gives
+  κ = ((R^{τ−1}·P_top + P_bottom)/(i·R + j))^{−a} and m = 1/(i·R + j + κ·S),
+  S = Σ_middle p^a. Enumerating the (n+1)(n+2)/2 pairs (i, j) (plus the
+  unconstrained q ∝ p^a) therefore contains the minimiser.
+* τ ≥ 2: F is concave, so its minimum is at a vertex of P. The vertices are
+  two-level points (k coordinates at R·m, the rest at m); by rearrangement the
+  k largest p's take the high level. Enumerating k = 0..n is exact.
+
+Every candidate is mapped back to scores (log q, centred, clipped to the box),
+so every candidate is feasible and the minimum over candidates is both an
+upper bound and, by the argument above, the exact C*. The returned
+certificate has two parts: the KKT residual of the box-constrained problem in
+the scores, ‖s − clip(s − ∇C(s), −Λ, Λ)‖_∞, and, for τ ≤ 2, the Frank–Wolfe
+duality gap of the convex problem in q, max_{v ∈ P} ⟨∇F(q), q − v⟩, a
+rigorous upper bound on C(s) − C*. For τ > 2 the Frank–Wolfe gap is not a bound
+(F is concave); there the enumeration of all vertex classes is exact and the
+reported gap is 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compsum_jax import validation
+from compsum_jax.theory import conditional
+
+
+class HypothesisFamily(Protocol):
+  """What the theory functions need from a hypothesis family (a pytree)."""
+
+  def best_conditional_risk(self, probs: jax.Array,
+                            tau: jax.Array) -> jax.Array:
+    """C*_τ(H, x) for probs [..., n] and τ [...] (no input checks)."""
+
+  def project_scores(self, scores: jax.Array) -> jax.Array:
+    """Euclidean projection of scores [..., n] onto the reachable set."""
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class CompleteFamily:
+  """Symmetric complete family: every score vector is reachable (notes §1)."""
+
+  def best_conditional_risk(self, probs: jax.Array,
+                            tau: jax.Array) -> jax.Array:
+    """Closed form of notes §4.1 (see ``complete_best_conditional_risk``)."""
+    return conditional.complete_best_conditional_risk_unchecked(probs, tau)
+
+  def project_scores(self, scores: jax.Array) -> jax.Array:
+    return scores
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ScoreBoundedFamily:
+  """Scores at x range over [−Λ, Λ]^n (notes §3.4, §4.2).
+
+  Attributes:
+    score_bound: Λ > 0, a float or (traced) array; a pytree leaf, so
+      ``jax.vmap`` can map over it.
+  """
+
+  score_bound: Any
+
+  def best_conditional_risk(self, probs: jax.Array,
+                            tau: jax.Array) -> jax.Array:
+    """Exact C*_τ(H_Λ, x) (see module docstring)."""
+    return solve_score_bounded(probs, tau, self.score_bound).value
+
+  def project_scores(self, scores: jax.Array) -> jax.Array:
+    bound = jnp.asarray(self.score_bound, scores.dtype)[..., None]
+    return jnp.clip(scores, -bound, bound)
+
+
+def resolve_family(score_bound: Any = None,
+                   family: Any = None) -> Any:
+  """The family meant by ``score_bound``/``family`` (shorthand handling).
+
+  ``family`` wins when given; otherwise ``score_bound=None`` is the complete
+  family and a number or array Λ the score-bounded family.
+
+  Raises:
+    ValueError: both given, or a concrete Λ ≤ 0 or NaN.
+  """
+  if family is not None:
+    if score_bound is not None:
+      raise ValueError("pass either score_bound or family, not both (got "
+                       f"score_bound={score_bound!r}, family={family!r})")
+    if isinstance(family, ScoreBoundedFamily):
+      validation.check_nonnegative(family.score_bound, "score_bound",
+                                   allow_zero=False)
+    return family
+  if score_bound is None:
+    return CompleteFamily()
+  validation.check_nonnegative(score_bound, "score_bound", allow_zero=False)
+  return ScoreBoundedFamily(score_bound)
+
+
+class BoxSolution(NamedTuple):
+  """Result of :func:`solve_score_bounded`; batch shape [...] of the inputs.
+
+  Attributes:
+    value: C*_τ(H_Λ, x), shape [...].
+    scores: a minimiser in [−Λ, Λ]^n, shape [..., n].
+    kkt_residual: ‖s − clip(s − ∇_s C(s), −Λ, Λ)‖_∞ at the minimiser.
+    duality_gap: Frank–Wolfe gap in q = softmax(s), an upper bound on
+      value − C* for τ ≤ 2; 0 for τ > 2 (exact vertex enumeration).
+  """
+
+  value: jax.Array
+  scores: jax.Array
+  kkt_residual: jax.Array
+  duality_gap: jax.Array
+
+
+def _risk(scores: jax.Array, probs: jax.Array, tau: jax.Array) -> jax.Array:
+  return conditional.conditional_risk(scores, probs, tau)
+
+
+def _candidate_log_q(p_sorted: jax.Array, tau: jax.Array,
+                     bound: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """log q of every active-set candidate (module docstring), sorted order.
+
+  Args:
+    p_sorted: p in decreasing order, shape [n] (single problem).
+    tau: scalar τ.
+    bound: scalar Λ.
+
+  Returns:
+    (log_q [C, n], valid [C]) with C = (n+1)(n+2)/2 + 1 candidates.
+  """
+  n = p_sorted.shape[-1]
+  dtype = p_sorted.dtype
+  pairs = np.array([(i, j) for i in range(n + 1) for j in range(n + 1 - i)])
+  num_top = jnp.asarray(pairs[:, 0], dtype)
+  num_bottom = jnp.asarray(pairs[:, 1], dtype)
+  index = np.arange(n)
+  top = jnp.asarray(index[None, :] < pairs[:, :1])
+  bottom = jnp.asarray(index[None, :] >= n - pairs[:, 1:])
+  middle = ~(top | bottom)
+  two_level = jnp.asarray(pairs.sum(-1) == n)
+
+  below_two = tau < 2.0
+  tau_safe = jnp.where(below_two, tau, 0.0)
+  a = 1.0 / (2.0 - tau_safe)  # q ∝ p^a is the complete-family optimum
+  support = p_sorted > 0
+  log_p = jnp.where(support, jnp.log(jnp.where(support, p_sorted, 1.0)),
+                    -jnp.inf)
+  log_r = 2.0 * bound  # log R, R = e^{2Λ}
+
+  def log_sum(mask, log_terms):
+    return jax.nn.logsumexp(jnp.where(mask, log_terms[None, :], -jnp.inf),
+                            axis=-1)
+
+  log_p_top = log_sum(top, log_p)
+  log_p_bottom = log_sum(bottom, log_p)
+  log_s_middle = log_sum(middle, a * log_p)
+  with np.errstate(divide="ignore"):
+    log_i = jnp.asarray(np.log(pairs[:, 0]), dtype)
+    log_j = jnp.asarray(np.log(pairs[:, 1]), dtype)
+  log_ir_j = jnp.logaddexp(log_i + log_r, log_j)  # log(i·R + j)
+  # log W = log(R^{τ−1} P_top + P_bottom)
+  log_w = jnp.logaddexp((tau_safe - 1.0) * log_r + log_p_top, log_p_bottom)
+  # κ = (W/(iR + j))^{−a}   (stationarity in m)
+  log_kappa = -a * (log_w - log_ir_j)
+  has_middle = jnp.any(middle, axis=-1)
+  # m = 1/(iR + j + κ S)
+  log_m = -jnp.where(has_middle, jnp.logaddexp(log_ir_j, log_kappa +
+                                               log_s_middle), log_ir_j)
+  log_q = jnp.where(
+      top, (log_m + log_r)[:, None],
+      jnp.where(bottom, log_m[:, None],
+                (log_kappa + log_m)[:, None] + a * log_p[None, :]))
+  # Candidate (i, j) = (0, 0): the unconstrained optimum q ∝ p^a.
+  unconstrained = (a * log_p - jax.nn.logsumexp(a * log_p))[None, :]
+  log_q = jnp.concatenate([log_q, unconstrained], axis=0)
+  mixed_ok = below_two & (num_top + num_bottom > 0)
+  valid = jnp.concatenate([two_level | mixed_ok, below_two[None]])
+  return log_q, valid
+
+
+def _scores_in_box(log_q: jax.Array, bound: jax.Array) -> jax.Array:
+  """Centre log q so that max + min = 0 and clip into [−Λ, Λ] (feasible)."""
+  finite = jnp.isfinite(log_q)
+  hi = jnp.max(jnp.where(finite, log_q, -jnp.inf), axis=-1, keepdims=True)
+  lo = jnp.min(jnp.where(finite, log_q, jnp.inf), axis=-1, keepdims=True)
+  centred = jnp.where(finite, log_q - 0.5 * (hi + lo), -bound)
+  return jnp.clip(centred, -bound, bound)
+
+
+def _frank_wolfe_gap(scores: jax.Array, probs: jax.Array, tau: jax.Array,
+                     bound: jax.Array) -> jax.Array:
+  """max_{v∈P} ⟨∇F(q), q − v⟩, F(q) = Σ p_y ψ(q_y), q = softmax(s) (n-vector)."""
+  n = probs.shape[-1]
+  q = jax.nn.softmax(scores)
+  # ∇F(q)_y = p_y ψ'(q_y) = −p_y q_y^{τ−2}
+  grad = -jnp.where(probs > 0, probs * jnp.exp((tau - 2.0) * jnp.log(q)), 0.0)
+  g_sorted = jnp.sort(grad)
+  prefix = jnp.concatenate([jnp.zeros((1,), grad.dtype), jnp.cumsum(g_sorted)])
+  total = prefix[-1]
+  k = jnp.arange(n + 1, dtype=grad.dtype)
+  inv_r = jnp.exp(-2.0 * bound)
+  # Vertex with the k smallest gradients at R·m, others at m, m = 1/(kR+n−k):
+  # ⟨g, v⟩ = (Σ_top g + (Σ_rest g)/R)/(k + (n − k)/R).
+  lin = (prefix + (total - prefix) * inv_r) / (k + (n - k) * inv_r)
+  return jnp.sum(grad * q) - jnp.min(lin)
+
+
+def _solve_one(probs: jax.Array, tau: jax.Array,
+               bound: jax.Array) -> BoxSolution:
+  order = jnp.argsort(-probs)
+  p_sorted = probs[order]
+  log_q, valid = _candidate_log_q(p_sorted, tau, bound)
+  candidates = _scores_in_box(log_q, bound)
+  values = jax.vmap(_risk, in_axes=(0, None, None))(candidates, p_sorted, tau)
+  values = jnp.where(valid & ~jnp.isnan(values), values, jnp.inf)
+  best = jnp.argmin(values)
+  scores = jnp.zeros_like(probs).at[order].set(candidates[best])
+  value = values[best]
+  grad = jax.grad(_risk)(scores, probs, tau)
+  kkt = jnp.max(jnp.abs(scores - jnp.clip(scores - grad, -bound, bound)))
+  gap = jnp.where(tau <= 2.0,
+                  jnp.maximum(_frank_wolfe_gap(scores, probs, tau, bound),
+                              0.0), 0.0)
+  return BoxSolution(value, scores, kkt, gap)
+
+
+def solve_score_bounded(probs: jax.Array, tau: jax.Array | float,
+                        score_bound: jax.Array | float) -> BoxSolution:
+  """Exact C*_τ(H_Λ, x) = min_{s ∈ [−Λ,Λ]^n} Σ_y p_y ℓ_τ(s, y), with certificate.
+
+  Finite active-set enumeration (module docstring): (n+1)(n+2)/2 + 1
+  candidates of cost O(n) each, no iteration, so it is jit-, vmap- and
+  grad-friendly and its cost does not depend on p, τ or Λ.
+
+  Args:
+    probs: p(·|x), shape [..., n] on the simplex.
+    tau: τ ≥ 0, broadcastable to [...].
+    score_bound: Λ > 0, broadcastable to [...].
+
+  Returns:
+    :class:`BoxSolution` with batch shape [...].
+
+  Raises:
+    ValueError: concrete probs off the simplex, τ < 0, Λ ≤ 0.
+  """
+  validation.check_probs(probs)
+  validation.check_tau(tau)
+  validation.check_nonnegative(score_bound, "score_bound", allow_zero=False)
+  dtype = validation.compute_dtype(probs)
+  probs = jnp.asarray(probs, dtype)
+  batch = probs.shape[:-1]
+  tau = jnp.broadcast_to(jnp.asarray(tau, dtype), batch)
+  bound = jnp.broadcast_to(jnp.asarray(score_bound, dtype), batch)
+  solve = _solve_one
+  for _ in batch:
+    solve = jax.vmap(solve)
+  return solve(probs, tau, bound)
+
+
+class FamilySolution(NamedTuple):
+  """Result of :func:`projected_gradient_solve` (batch shape [...]).
+
+  Attributes:
+    value: C(s) at the returned scores (an upper bound on C*).
+    scores: shape [..., n].
+    kkt_residual: ‖s − P(s − ∇C(s))‖_∞, P the family's projection; 0 at a
+      stationary point.
+  """
+
+  value: jax.Array
+  scores: jax.Array
+  kkt_residual: jax.Array
+
+
+def projected_gradient_solve(probs: jax.Array, tau: jax.Array | float,
+                             family: Any,
+                             init_scores: jax.Array | None = None,
+                             num_steps: int = 300) -> FamilySolution:
+  """Generic min_{s reachable} C_τ(s, x) by projected gradient descent.
+
+  Works for any family with ``project_scores``; each step tries 24 step sizes
+  η·2^{−k} in parallel and keeps the best (a vectorised line search), inside
+  ``jax.lax.fori_loop``. For τ ≤ 1 the objective is convex in s and for τ ≤ 2
+  convex in softmax(s) over a convex set (module docstring), so for the box
+  family stationary points are global minima; in general (τ > 2, or a
+  family whose reachable set is not convex in softmax coordinates) it returns
+  a stationary point only, i.e. an upper bound on C*.
+
+  Args:
+    probs: shape [..., n].
+    tau: τ ≥ 0 broadcastable to [...].
+    family: a family pytree (see :class:`HypothesisFamily`) whose leaves are
+      broadcastable to the batch shape [...] (one family per problem).
+    init_scores: starting scores [..., n]; default the projection of
+      log p^{1/(2−τ)} (the complete-family optimum), with −∞ replaced by −10.
+    num_steps: number of projected-gradient steps.
+
+  Returns:
+    :class:`FamilySolution`.
+  """
+  validation.check_probs(probs)
+  validation.check_tau(tau)
+  dtype = validation.compute_dtype(probs)
+  probs = jnp.asarray(probs, dtype)
+  batch = probs.shape[:-1]
+  tau = jnp.broadcast_to(jnp.asarray(tau, dtype), batch)
+  if init_scores is None:
+    a = 1.0 / (2.0 - jnp.minimum(tau, 1.9))
+    init_scores = jnp.where(
+        probs > 0, a[..., None] * jnp.log(jnp.where(probs > 0, probs, 1.0)),
+        -10.0)
+  init_scores = jnp.asarray(init_scores, dtype)
+  step_sizes = 2.0 ** -jnp.arange(24, dtype=dtype)
+
+  def solve_one(p, t, s0, family):
+    f = lambda s: _risk(s, p, t)
+    s0 = family.project_scores(s0)
+
+    def body(_, state):
+      s, eta = state
+      g = jax.grad(f)(s)
+      trials = jax.vmap(lambda h: family.project_scores(s - h * g))(
+          eta * step_sizes)
+      values = jax.vmap(f)(trials)
+      k = jnp.argmin(values)
+      improved = values[k] < f(s)
+      s_new = jnp.where(improved, trials[k], s)
+      eta_new = jnp.where(improved, 4.0 * eta * step_sizes[k], eta)
+      return s_new, jnp.clip(eta_new, 1e-8, 1e8)
+
+    s, _ = jax.lax.fori_loop(0, num_steps, body, (s0, jnp.asarray(1.0, dtype)))
+    g = jax.grad(f)(s)
+    kkt = jnp.max(jnp.abs(s - family.project_scores(s - g)))
+    return FamilySolution(f(s), s, kkt)
+
+  family = jax.tree.map(
+      lambda leaf: jnp.broadcast_to(jnp.asarray(leaf, dtype), batch), family)
+  solve = solve_one
+  for _ in batch:
+    solve = jax.vmap(solve)
+  return solve(probs, tau, jnp.broadcast_to(init_scores, probs.shape), family)

@@ -4,6 +4,13 @@ Every experiment trains through :func:`make_train_step` with its own
 objective; see ``step.py`` for the data-parallel and vmapped-member design.
 """
 
+from compsum_jax.training.checkpoint import CheckpointStore
+from compsum_jax.training.loop import FitResult, NonFiniteError, fit
+from compsum_jax.training.metrics import (
+    MetricsWriter,
+    environment_record,
+    read_metrics,
+)
 from compsum_jax.training.objectives import (
     apply_model,
     classification_eval_fn,
@@ -31,13 +38,19 @@ from compsum_jax.training.step import (
 )
 
 __all__ = [
+    "CheckpointStore",
+    "FitResult",
+    "MetricsWriter",
+    "NonFiniteError",
     "TrainState",
     "apply_model",
     "classification_eval_fn",
     "classification_objective",
     "comp_sum_from_hparams",
     "create_train_state",
+    "environment_record",
     "evaluate",
+    "fit",
     "init_member_states",
     "init_train_state",
     "key_data",
@@ -47,6 +60,7 @@ __all__ = [
     "make_schedule",
     "make_train_step",
     "num_params",
+    "read_metrics",
     "replicate",
     "shard_batch",
     "stack_states",

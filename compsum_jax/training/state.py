@@ -100,7 +100,7 @@ def create_train_state(params: PyTree, optimizer: optax.GradientTransformation,
       step=jnp.zeros((), jnp.int32),
       params=params,
       batch_stats=jax.tree.map(jnp.asarray, batch_stats or {}),
-      opt_state=optimizer.init(params),
+      opt_state=jax.jit(optimizer.init)(params),
       ema_params=jax.tree.map(jnp.copy, params) if ema else None,
       rng=key_data(rng),
       hparams=_as_hparams(hparams))
@@ -117,8 +117,10 @@ def init_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
   """
   init_key, state_key = jax.random.split(
       jax.random.wrap_key_data(key_data(rng)))
-  variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32),
-                         train=False)
+  dummy = jnp.zeros((1, *input_shape), jnp.float32)
+  # One compiled init instead of many small eager ops (same values).
+  variables = jax.jit(lambda key: model.init(key, dummy, train=False))(
+      init_key)
   unknown = set(variables) - {"params", "batch_stats"}
   if unknown:
     raise ValueError(f"model has variable collections {sorted(unknown)} that "

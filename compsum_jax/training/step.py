@@ -333,8 +333,9 @@ def evaluate(eval_step: Callable[..., dict[str, jax.Array]],
 
   Returns:
     ``{'count': N, name: Σ v / N, name + '_sum': Σ v}`` for every value
-    ``name`` of the eval function; NumPy scalars, or arrays [K] for members.
-    Integer sums (e.g. correct counts) stay exact integers.
+    ``name`` of the eval function, and 'accuracy' = correct / N when there is
+    a 'correct' value; NumPy scalars, or arrays [K] for members. Integer
+    sums (e.g. correct counts) stay exact integers.
   """
   base = jax.random.wrap_key_data(key_data(rng))
   totals: dict[str, np.ndarray] = {}
@@ -355,6 +356,8 @@ def evaluate(eval_step: Callable[..., dict[str, jax.Array]],
   for name, total in totals.items():
     out[name] = total / count
     out[name + "_sum"] = total
+  if "correct" in totals:
+    out["accuracy"] = out["correct"]
   return out
 
 

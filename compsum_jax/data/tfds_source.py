@@ -9,9 +9,13 @@ prepared data directory with ``tfds.data_source`` (random access through
 
 A missing dataset fails fast: before calling tfds, this module checks the
 prepared directory ``<data_dir>/<name>/<version>/dataset_info.json`` itself
-and raises one ``FileNotFoundError`` that says how to prepare it, so tfds never
-enters its download/GCS retry loop (which lasts minutes without a network).
-``tfds.data_source`` is also called with ``download=False, try_gcs=False``.
+and raises one ``FileNotFoundError`` that says how to prepare it. tfds is not
+called at all then, so it cannot enter its download loop: with its default
+``download=True``, ``tfds.data_source`` calls ``download_and_prepare``, whose
+downloader (``tensorflow_datasets/core/download/downloader.py``) retries every
+URL with exponential back-off (urllib3 ``Retry``, ``MAX_RETRIES = 10``) and
+then needs TensorFlow anyway. For prepared datasets ``tfds.data_source`` is
+called with ``download=False, try_gcs=False``, so it only reads local files.
 """
 
 from __future__ import annotations

@@ -323,6 +323,10 @@ def test_four_fake_devices_match_one_device():
     assert e1["count"] == e4["count"]
     assert np.all(np.asarray(e1["count"]) == 13)
     np.testing.assert_allclose(e1["loss"], e4["loss"], rtol=1e-5)
+  fit = out["fit"]  # fit() with the mesh vs without, then resumed
+  assert fit["steps"] == 8 and fit["params"] < 1e-5
+  assert fit["resumed_from_step"] == 8 and fit["resumed_equal"] == 0.0
+  assert fit["restored_devices"] == 4
 
 
 def test_nonfinite_loss_is_flagged():

@@ -9,6 +9,7 @@ is not run here.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -41,6 +43,78 @@ def _fake_prepared_dir(root, name: str, file_format: str = "array_record"
     json.dump({"name": name, "version": version, "fileFormat": file_format},
               f)
   return str(root)
+
+
+def _write_prepared_dataset(data_dir: str, name: str, splits) -> None:
+  """Writes a genuinely prepared tfds dataset, without TensorFlow.
+
+  The records are tf.train.Example protos (tfds' own proto module) holding a
+  PNG image (PIL) and an int64 label, in array_record shards, and the
+  metadata is written by tfds' own DatasetInfo — the layout tfds'
+  download_and_prepare(file_format='array_record') produces, so
+  tfds.data_source reads it for real (no mocking).
+
+  Args:
+    data_dir: the TFDS data directory.
+    name: a dataset in TFDS_SPECS.
+    splits: {split: (uint8 images [N, H, W, C], int labels [N])}.
+  """
+  from array_record.python import array_record_module
+  from tensorflow_datasets.proto import tf_example_pb2, tf_feature_pb2
+
+  builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  path = str(builder.data_dir)
+  os.makedirs(path, exist_ok=True)
+  infos = []
+  for split, (images, labels) in splits.items():
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=path, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+        dataset_name=name, split=split, filetype_suffix="array_record")
+    writer = array_record_module.ArrayRecordWriter(
+        os.path.join(path, f"{name}-{split}.array_record-00000-of-00001"),
+        "group_size:1")
+    num_bytes = 0
+    for image, label in zip(images, labels, strict=True):
+      png = io.BytesIO()
+      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+          png, format="PNG")
+      feature = {
+          "image": tf_feature_pb2.Feature(
+              bytes_list=tf_feature_pb2.BytesList(value=[png.getvalue()])),
+          "label": tf_feature_pb2.Feature(
+              int64_list=tf_feature_pb2.Int64List(value=[int(label)])),
+      }
+      record = tf_example_pb2.Example(
+          features=tf_feature_pb2.Features(feature=feature)).SerializeToString()
+      num_bytes += len(record)
+      writer.write(record)
+    writer.close()
+    infos.append(tfds.core.SplitInfo(name=split, shard_lengths=[len(labels)],
+                                     num_bytes=num_bytes,
+                                     filename_template=template))
+  builder.info.set_splits(tfds.core.SplitDict(infos))
+  builder.info.write_to_directory(path)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_real_data_source_read_without_tensorflow(tmp_path, name):
+  spec = tfds_source.TFDS_SPECS[name]
+  rng = np.random.default_rng(0)
+  splits = {split: (rng.integers(0, 256, (n,) + spec.image_shape, np.uint8),
+                    rng.integers(0, spec.num_classes, n))
+            for split, n in (("train", 40), ("test", 15))}
+  _write_prepared_dataset(str(tmp_path), name, splits)
+  assert tfds_source.find_prepared_version(name, str(tmp_path)) == str(
+      tfds.builder_cls(name).VERSION)
+  ds = data.load_dataset(name, data_dir=str(tmp_path), seed=0)
+  assert "tensorflow" not in sys.modules
+  # Exactly the pixels and labels that were written, in order.
+  np.testing.assert_array_equal(ds.train.images, splits["train"][0])
+  np.testing.assert_array_equal(ds.train.labels, splits["train"][1])
+  np.testing.assert_array_equal(ds.test.images, splits["test"][0])
+  np.testing.assert_array_equal(ds.test.labels, splits["test"][1])
+  assert ds.train.labels.dtype == np.int32 and ds.meta["version"] == str(
+      tfds.builder_cls(name).VERSION)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "mnist", "svhn_cropped",

@@ -186,6 +186,8 @@ def test_synthetic_posterior_matches_scipy_densities():
   got_jax = ds.posterior_fn(jnp.asarray(x, jnp.float32))
   assert isinstance(got_jax, jax.Array)
   np.testing.assert_allclose(np.asarray(got_jax), want, atol=1e-5)
+  got_jit = jax.jit(ds.posterior_fn)(jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(np.asarray(got_jit), want, atol=1e-5)
 
 
 def test_synthetic_geometry_and_sampling_statistics():

@@ -129,7 +129,7 @@ class GaussianMixture:
 
     log p(y|x) = log π_y − ‖x − μ_y‖²/(2σ²) − logsumexp_y'(same), by Bayes' rule.
     """
-    if isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+    if isinstance(x, jax.Array):  # includes tracers under jit/vmap/grad
       xp, x = jnp, jnp.asarray(x)
       means = jnp.asarray(self.means, x.dtype)
       log_priors = jnp.log(jnp.asarray(self.priors, x.dtype))
@@ -150,8 +150,7 @@ class GaussianMixture:
   def posterior(self, x: Any) -> Any:
     """p(y|x) = softmax_y(log π_y − ‖x − μ_y‖²/(2σ²)), shape [N, n]."""
     log_p = self.log_posterior(x)
-    return jnp.exp(log_p) if isinstance(log_p, jax.Array) or isinstance(
-        log_p, jax.core.Tracer) else np.exp(log_p)
+    return jnp.exp(log_p) if isinstance(log_p, jax.Array) else np.exp(log_p)
 
   __call__ = posterior
 

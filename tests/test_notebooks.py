@@ -1,0 +1,111 @@
+"""The Colab notebooks execute end to end and are committed without outputs.
+
+Each notebook in ``colab/`` is run with ``nbclient`` in a kernel that runs this
+interpreter (the project's virtualenv), with ``COMPSUM_NOTEBOOK_SMOKE=1`` so
+that it uses its small parameters, the repository root as working directory and
+a per-cell timeout. Because ``compsum_jax`` is importable here, each notebook's
+install cell is skipped: no network is used. A failing cell raises
+``nbclient.exceptions.CellExecutionError`` with the cell's traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+COLAB_DIR = REPO_ROOT / "colab"
+NOTEBOOKS = sorted(COLAB_DIR.glob("*.ipynb"))
+KERNEL_NAME = "compsum-jax-test"
+# Generous per-cell limit: a smoke cell takes seconds; only a hang reaches it.
+CELL_TIMEOUT_S = 300
+# Notebooks too heavy for the default suite even in smoke mode (run with
+# `-m slow`). Keep this list empty unless a notebook cannot be made small.
+SLOW_NOTEBOOKS: frozenset[str] = frozenset()
+INSTALL_COMMAND = '%pip install -q "compsum_jax @ git+https://github.com/'
+EXPECTED_NOTEBOOKS = ("01_comp_sum_losses.ipynb",)
+
+
+def _params():
+  for path in NOTEBOOKS:
+    marks = [pytest.mark.slow] if path.name in SLOW_NOTEBOOKS else []
+    yield pytest.param(path, id=path.stem, marks=marks)
+
+
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory):
+  """A kernelspec running ``sys.executable``, found through JUPYTER_PATH.
+
+  The kernel process inherits ``os.environ``, so the smoke switch and the
+  JUPYTER_PATH are set there for the duration of the module.
+  """
+  root = tmp_path_factory.mktemp("jupyter")
+  spec_dir = root / "kernels" / KERNEL_NAME
+  spec_dir.mkdir(parents=True)
+  spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f",
+                   "{connection_file}"],
+          "display_name": "compsum_jax test kernel", "language": "python"}
+  (spec_dir / "kernel.json").write_text(json.dumps(spec))
+  patch = pytest.MonkeyPatch()
+  patch.setenv("JUPYTER_PATH", str(root))
+  patch.setenv("COMPSUM_NOTEBOOK_SMOKE", "1")
+  patch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+  # No GPU probing noise and no preallocation surprises in the kernel.
+  patch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
+  yield KERNEL_NAME
+  patch.undo()
+
+
+def test_all_notebooks_present():
+  names = {p.name for p in NOTEBOOKS}
+  missing = [n for n in EXPECTED_NOTEBOOKS if n not in names]
+  assert not missing, f"missing notebooks in colab/: {missing}"
+
+
+@pytest.mark.parametrize("path", list(_params()))
+def test_committed_without_outputs(path):
+  nb = nbformat.read(path, as_version=4)
+  nbformat.validate(nb)
+  for i, cell in enumerate(nb.cells):
+    if cell.cell_type != "code":
+      continue
+    assert cell.get("outputs") == [], f"{path.name} cell {i} has outputs"
+    assert cell.get("execution_count") is None, (
+        f"{path.name} cell {i} has an execution count")
+
+
+@pytest.mark.parametrize("path", list(_params()))
+def test_structure(path):
+  """Markdown intro first, then the guarded install cell, then the smoke switch."""
+  nb = nbformat.read(path, as_version=4)
+  assert nb.cells[0].cell_type == "markdown"
+  assert nb.cells[0].source.lstrip().startswith("# ")
+  install = nb.cells[1]
+  assert install.cell_type == "code"
+  assert INSTALL_COMMAND in install.source
+  assert 'find_spec("compsum_jax") is None' in install.source
+  code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+  assert "COMPSUM_NOTEBOOK_SMOKE" in code
+  assert "jax.devices()" in code
+
+
+@pytest.mark.parametrize("path", list(_params()))
+def test_executes(path, kernel_env):
+  nb = nbformat.read(path, as_version=4)
+  client = nbclient.NotebookClient(
+      nb, kernel_name=kernel_env, timeout=CELL_TIMEOUT_S,
+      resources={"metadata": {"path": str(REPO_ROOT)}})
+  client.execute()
+  errors = [out for cell in nb.cells if cell.cell_type == "code"
+            for out in cell.outputs if out.output_type == "error"]
+  assert not errors, errors
+  # The install cell was skipped: the package came from this checkout.
+  install_outputs = nb.cells[1].outputs
+  assert not install_outputs, install_outputs

@@ -27,7 +27,28 @@ def _tanh_mlp(key, d, n):
   return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2 * 3.0
 
 
-@hypothesis.settings(max_examples=12, deadline=None)
+_PROPERTY_MODEL = _tanh_mlp(jax.random.key(11), 12, 5)
+_COMPILED = {}
+
+
+def _compiled_attacks(norm, loss, start):
+  """One jitted PGD + FGSM per static setting; ε and the step are traced."""
+  if (norm, loss, start) not in _COMPILED:
+    f = _PROPERTY_MODEL
+
+    def run(x, y, targets, key, eps):
+      x_pgd = attacks.pgd(f, x, y, key, eps=eps, step_size=eps / 3 + 1e-3,
+                          num_steps=3, norm=norm, loss=loss,
+                          random_start=start, num_restarts=2,
+                          target_labels=targets)
+      x_fgsm = attacks.fgsm(f, x, y, eps=eps, norm=norm, loss="ce")
+      return x_pgd, x_fgsm
+
+    _COMPILED[norm, loss, start] = jax.jit(run)
+  return _COMPILED[norm, loss, start]
+
+
+@hypothesis.settings(max_examples=10, deadline=None)
 @hypothesis.given(
     seed=st.integers(0, 2**16),
     norm=st.sampled_from(["linf", "l2"]),
@@ -38,24 +59,19 @@ def _tanh_mlp(key, d, n):
 )
 def test_pgd_stays_in_ball_and_box(seed, norm, loss, eps, start):
   key = jax.random.key(seed)
-  kx, km, ka = jax.random.split(key, 3)
+  kx, ka = jax.random.split(key)
   n = 5
   x = jax.random.uniform(kx, (6, 3, 4))
   # Some pixels exactly on the box's faces.
   x = jnp.where(x < 0.2, 0.0, jnp.where(x > 0.8, 1.0, x))
-  f = _tanh_mlp(km, 12, n)
   y = jnp.arange(6) % n
   targets = (y + 1) % n
-  x_adv = attacks.pgd(f, x, y, ka, eps=eps, step_size=eps / 3 + 1e-3,
-                      num_steps=4, norm=norm, loss=loss, random_start=start,
-                      num_restarts=2, target_labels=targets)
-  dist = np.asarray(threat_model.per_example_norm(x_adv - x, norm))
-  assert np.all(dist <= eps + BALL_TOL)
-  assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
-  x_f = attacks.fgsm(f, x, y, eps=eps, norm=norm, loss="ce")
-  dist = np.asarray(threat_model.per_example_norm(x_f - x, norm))
-  assert np.all(dist <= eps + BALL_TOL)
-  assert float(x_f.min()) >= 0.0 and float(x_f.max()) <= 1.0
+  x_adv, x_f = _compiled_attacks(norm, loss, start)(
+      x, y, targets, ka, jnp.float32(eps))
+  for out in (x_adv, x_f):
+    dist = np.asarray(threat_model.per_example_norm(out - x, norm))
+    assert np.all(dist <= eps + BALL_TOL)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
 def _closed_form_linf_robust(w, b, x, y, eps):
@@ -85,10 +101,10 @@ def _robust_acc_after(f, x_adv, y):
   return np.asarray(jnp.argmax(f(x_adv), -1) == y)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_pgd_margin_exact_on_binary_linear(seed):
   rng = np.random.default_rng(seed)
-  d, m = 10, 300
+  d, m = 10, 500
   w = rng.normal(size=(d, 2)).astype(np.float32)
   x = rng.uniform(size=(m, d)).astype(np.float32)
   # Centre the scores so that the data straddles the decision boundary.

@@ -185,6 +185,17 @@ def _single_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                     best_loss_history=s["best_history"], step_size=s["step"])
 
 
+def _empty_result(x: jax.Array, num_steps: int) -> APGDResult:
+  """A result that any run beats (no misclassification, loss −∞)."""
+  batch = x.shape[0]
+  return APGDResult(
+      x_adv=x, x_best=x, best_loss=jnp.full((batch,), -jnp.inf, x.dtype),
+      misclassified=jnp.zeros((batch,), bool),
+      loss_history=jnp.zeros((num_steps + 1, batch), x.dtype),
+      best_loss_history=jnp.zeros((num_steps + 1, batch), x.dtype),
+      step_size=jnp.zeros((batch,), x.dtype))
+
+
 def _merge(old: APGDResult, new: APGDResult) -> APGDResult:
   """Keeps, per example, the better of two runs (misclassified, then loss)."""
   take = better_than(new.misclassified, new.best_loss, old.misclassified,
@@ -239,10 +250,9 @@ def apgd_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                        threat_model.fold_in_each(keys, r), eps, num_steps,
                        norm, objective, target_labels, rho)
 
-  result = run(0)
-  if num_restarts > 1:
-    result = jax.lax.fori_loop(1, num_restarts,
-                               lambda r, acc: _merge(acc, run(r)), result)
+  result = jax.lax.fori_loop(0, num_restarts,
+                             lambda r, acc: _merge(acc, run(r)),
+                             _empty_result(x, num_steps))
   return result._replace(x_adv=jax.lax.stop_gradient(result.x_adv))
 
 
@@ -302,11 +312,9 @@ def apgd_targeted_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     return _single_run(logits_fn, x, labels, run_keys, eps, num_steps, norm,
                        objective, targets, rho)
 
-  result = run(0)
-  total = num_targets * num_restarts
-  if total > 1:
-    result = jax.lax.fori_loop(1, total,
-                               lambda j, acc: _merge(acc, run(j)), result)
+  result = jax.lax.fori_loop(0, num_targets * num_restarts,
+                             lambda j, acc: _merge(acc, run(j)),
+                             _empty_result(x, num_steps))
   return result._replace(x_adv=jax.lax.stop_gradient(result.x_adv))
 
 

@@ -244,7 +244,7 @@ def test_bad_name_seed_and_options():
     data.load_dataset("imagenet")
   with pytest.raises(ValueError, match="seed"):
     data.load_dataset("digits", seed=-1)
-  with pytest.raises(TypeError):
+  with pytest.raises(ValueError, match=r"no option\(s\) \['num_train'\]"):
     data.load_dataset("digits", num_train=10)
   with pytest.raises(ValueError, match="test_size"):
     data.load_dataset("digits", test_size=5)

@@ -184,7 +184,7 @@ def test_tfrecord_prepared_dataset_is_rejected_with_instructions(tmp_path):
 
 
 def test_tfds_dataset_rejects_extra_options(tmp_path):
-  with pytest.raises(ValueError, match="no extra options"):
+  with pytest.raises(ValueError, match="has no option"):
     data.load_dataset("mnist", data_dir=str(tmp_path), num_train=3)
 
 

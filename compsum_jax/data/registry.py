@@ -25,6 +25,12 @@ from compsum_jax.data.types import ArraySplit, Dataset, LabelNoise
 
 OFFLINE_DATASETS = ("digits", "synthetic")
 DATASET_NAMES = OFFLINE_DATASETS + tfds_source.TFDS_DATASETS
+# Extra keyword options of load_dataset per dataset (tfds datasets: none).
+_OPTIONS = {
+    "digits": ("test_size",),
+    "synthetic": ("num_classes", "dim", "separation", "sigma", "priors",
+                  "num_train", "num_test"),
+}
 
 
 def split_validation(train: ArraySplit, validation_size: int,
@@ -106,6 +112,11 @@ def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0,
                      f"{DATASET_NAMES}")
   noise = LabelNoise.from_value(label_noise)
   offline.rng_for(seed, 0)  # validates seed
+  allowed = _OPTIONS.get(name, ())
+  unknown = sorted(set(kwargs) - set(allowed))
+  if unknown:
+    raise ValueError(f"dataset {name!r} has no option(s) {unknown}; its "
+                     f"options are {list(allowed)}")
   posterior_fn = None
   meta: dict[str, Any] = {}
   if name == "digits":
@@ -119,9 +130,6 @@ def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0,
     meta.update(source="gaussian_mixture", means=mixture.means.tolist(),
                 priors=mixture.priors.tolist(), sigma=mixture.sigma)
   else:
-    if kwargs:
-      raise ValueError(f"dataset {name!r} takes no extra options, got "
-                       f"{sorted(kwargs)}")
     loaded = tfds_source.load_tfds_splits(name, data_dir=data_dir)
     train, test = loaded.train, loaded.test
     num_classes, augment = loaded.num_classes, loaded.augment

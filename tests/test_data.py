@@ -223,6 +223,11 @@ def test_synthetic_more_classes_than_dimensions_and_determinism():
   assert not np.array_equal(a.train.images, c.train.images)
   assert not np.array_equal(a.train.images, a.test.images)
   np.testing.assert_allclose(a.posterior_fn(a.test.images).sum(-1), 1.0)
+  # mixture_seed fixes the distribution while seed changes the sample.
+  d = data.load_dataset("synthetic", seed=10, mixture_seed=9, num_classes=6,
+                        dim=2)
+  assert d.meta["means"] == a.meta["means"] != c.meta["means"]
+  assert not np.array_equal(d.train.images, a.train.images)
 
 
 @pytest.mark.parametrize("kwargs, match", [

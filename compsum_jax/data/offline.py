@@ -206,9 +206,19 @@ def make_gaussian_mixture(*, num_classes: int = 3, dim: int = 2,
 
 
 def load_synthetic_splits(seed: int = 0, *, num_train: int = 4096,
-                          num_test: int = 4096, **mixture_kwargs
+                          num_test: int = 4096, mixture_seed: int | None = None,
+                          **mixture_kwargs
                           ) -> tuple[ArraySplit, ArraySplit, GaussianMixture]:
   """Samples train and test splits from :func:`make_gaussian_mixture`.
+
+  Args:
+    seed: seeds the samples (and the mixture when ``mixture_seed`` is None).
+    num_train, num_test: split sizes.
+    mixture_seed: seeds the class means instead of ``seed``, so runs with
+      different ``seed`` can share one distribution and differ only in the
+      sample.
+    **mixture_kwargs: ``num_classes``, ``dim``, ``separation``, ``sigma``,
+      ``priors`` of :func:`make_gaussian_mixture`.
 
   Returns:
     (train, test, mixture); ``mixture.posterior`` is the exact p(y|x).
@@ -217,7 +227,8 @@ def load_synthetic_splits(seed: int = 0, *, num_train: int = 4096,
     if isinstance(value, bool) or int(value) != value or value < 1:
       raise ValueError(f"{name} must be a positive integer, got "
                        f"{name}={value!r}")
-  mixture = make_gaussian_mixture(seed=seed, **mixture_kwargs)
+  mixture = make_gaussian_mixture(
+      seed=seed if mixture_seed is None else mixture_seed, **mixture_kwargs)
   train = mixture.sample(int(num_train), rng_for(seed, STREAM_SYNTHETIC_TRAIN))
   test = mixture.sample(int(num_test), rng_for(seed, STREAM_SYNTHETIC_TEST))
   return train, test, mixture

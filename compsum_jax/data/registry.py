@@ -29,7 +29,7 @@ DATASET_NAMES = OFFLINE_DATASETS + tfds_source.TFDS_DATASETS
 _OPTIONS = {
     "digits": ("test_size",),
     "synthetic": ("num_classes", "dim", "separation", "sigma", "priors",
-                  "num_train", "num_test"),
+                  "num_train", "num_test", "mixture_seed"),
 }
 
 
@@ -96,8 +96,8 @@ def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0,
       training labels only, after the validation hold-out.
     **kwargs: dataset options: ``digits``: ``test_size`` (default 360);
       ``synthetic``: ``num_classes``, ``dim``, ``separation``, ``sigma``,
-      ``priors``, ``num_train``, ``num_test`` (see
-      :func:`compsum_jax.data.offline.make_gaussian_mixture`).
+      ``priors``, ``num_train``, ``num_test``, ``mixture_seed`` (see
+      :func:`compsum_jax.data.offline.load_synthetic_splits`).
 
   Returns:
     A :class:`Dataset`.

@@ -1,0 +1,495 @@
+"""Helpers shared by the experiment binaries (loss comparison, adversarial).
+
+Everything here turns a config of primitives (``ml_collections.ConfigDict``)
+into library objects, or turns library results into files. Nothing here trains
+by itself: training is always :func:`compsum_jax.training.make_train_step` +
+:func:`compsum_jax.training.fit` with an objective assembled from small parts
+(model apply + per-example loss), see :func:`make_objective`.
+
+Config fields read here (the experiment's config may hold more):
+
+  dataset, dataset_kwargs, data_dir, data_seed, validation_size, label_noise
+      -> :func:`load_data`
+  model.name, model.kwargs -> :func:`build_model`
+  optimizer (make_optimizer fields) -> :func:`build_optimizer`
+  augment, augment_flip -> :func:`make_augment_fn`
+  batch_size, eval_batch_size
+
+Members: a sweep over hyper-parameters × seeds is a list of :class:`Member`;
+K members train together through the train step's vmapped K-member mode
+(``state.hparams`` carries each member's values into ``batch['hparams']``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from compsum_jax import data as data_lib
+from compsum_jax import models as models_lib
+from compsum_jax import training
+from compsum_jax.losses import comp_sum_loss
+
+PyTree = Any
+LossFn = Callable[[jax.Array, jax.Array, Mapping[str, jax.Array]], jax.Array]
+
+# Short names accepted for datasets in configs.
+DATASET_ALIASES = {"svhn": "svhn_cropped"}
+
+# ------------------------------------------------------------ config checks
+
+
+def config_value(config: Any, field: str) -> Any:
+  """``config.a.b`` for ``field='a.b'``; ValueError naming it if missing."""
+  value = config
+  for part in field.split("."):
+    try:
+      value = value[part]
+    except (KeyError, TypeError, AttributeError):
+      raise ValueError(f"config.{field} is missing") from None
+  return value
+
+
+def check_int(config: Any, field: str, *, low: int | None = None,
+              high: int | None = None) -> int:
+  """An integer config field in [low, high]; ValueError naming the field."""
+  value = config_value(config, field)
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
+      low is not None and value < low) or (high is not None and value > high):
+    bounds = (f" >= {low}" if low is not None else "") + (
+        f" <= {high}" if high is not None else "")
+    raise ValueError(f"config.{field} must be an integer{bounds}, got "
+                     f"config.{field}={value!r}")
+  return int(value)
+
+
+def check_float(config: Any, field: str, *, low: float = -math.inf,
+                high: float = math.inf, low_open: bool = False,
+                high_open: bool = False) -> float:
+  """A finite number in the given interval; ValueError naming the field."""
+  value = config_value(config, field)
+  ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+  v = float(value) if ok else math.nan
+  if ok and math.isfinite(v):
+    ok = (v > low if low_open else v >= low) and (
+        v < high if high_open else v <= high)
+  else:
+    ok = False
+  if not ok:
+    interval = (("(" if low_open else "[") + f"{low}, {high}" +
+                (")" if high_open else "]"))
+    raise ValueError(f"config.{field} must be a finite number in {interval}, "
+                     f"got config.{field}={value!r}")
+  return v
+
+
+def check_choice(config: Any, field: str, choices: Sequence[Any]) -> Any:
+  """A config field that must be one of ``choices``."""
+  value = config_value(config, field)
+  if value not in tuple(choices):
+    raise ValueError(f"config.{field} must be one of {tuple(choices)}, got "
+                     f"config.{field}={value!r}")
+  return value
+
+
+def dataset_name(config: Any) -> str:
+  """The library's name of ``config.dataset`` (aliases resolved, checked)."""
+  name = config_value(config, "dataset")
+  name = DATASET_ALIASES.get(name, name)
+  if name not in data_lib.DATASET_NAMES:
+    known = tuple(data_lib.DATASET_NAMES) + tuple(DATASET_ALIASES)
+    raise ValueError(f"config.dataset must be one of {known}, got "
+                     f"config.dataset={config_value(config, 'dataset')!r}")
+  return name
+
+
+def check_data_config(config: Any) -> None:
+  """Validates the data fields read by :func:`load_data` (before loading)."""
+  dataset_name(config)
+  check_int(config, "data_seed", low=0)
+  check_int(config, "validation_size", low=0)
+  kind = config_value(config, "label_noise.kind")
+  if kind is not None:
+    check_choice(config, "label_noise.kind", data_lib.types.NOISE_KINDS)
+  check_float(config, "label_noise.rate", low=0.0, high=1.0, high_open=True)
+  check_int(config, "batch_size", low=1)
+  check_int(config, "eval_batch_size", low=1)
+
+
+def check_model_config(config: Any) -> None:
+  """Validates ``config.model.name`` (attributes are checked by get_model)."""
+  check_choice(config, "model.name", sorted(models_lib.MODELS))
+
+
+def check_optimizer_config(config: Any) -> None:
+  """Validates the optimizer fields that a typo would make silently wrong."""
+  check_choice(config, "optimizer.name", ("sgd", "adamw"))
+  check_float(config, "optimizer.learning_rate", low=0.0, low_open=True)
+  check_float(config, "optimizer.weight_decay", low=0.0)
+
+
+# ---------------------------------------------------------- data and model
+
+
+def load_data(config: Any) -> data_lib.Dataset:
+  """Loads the dataset of ``config`` (noise on training labels only).
+
+  Returns:
+    A :class:`compsum_jax.data.Dataset`; the test split has clean labels.
+  """
+  kwargs = dict(config_value(config, "dataset_kwargs") or {})
+  kwargs = {k: tuple(v) if isinstance(v, list) else v
+            for k, v in kwargs.items()}
+  noise = config_value(config, "label_noise")
+  noise = noise.to_dict() if hasattr(noise, "to_dict") else dict(noise)
+  return data_lib.load_dataset(
+      dataset_name(config), data_dir=config_value(config, "data_dir"),
+      seed=int(config_value(config, "data_seed")),
+      validation_size=int(config_value(config, "validation_size")),
+      label_noise=noise, **kwargs)
+
+
+def build_model(config: Any, dataset: data_lib.Dataset) -> nn.Module:
+  """``get_model(config.model.name, n, mean, std, **config.model.kwargs)``.
+
+  The input normalisation uses the training split's per-channel statistics
+  (``dataset.meta['mean'/'std']``) unless the config sets them.
+  """
+  kwargs = dict(config_value(config, "model.kwargs") or {})
+  kwargs = {k: tuple(v) if isinstance(v, list) else v
+            for k, v in kwargs.items()}
+  std = tuple(max(s, 1e-6) for s in dataset.meta["std"])
+  kwargs.setdefault("mean", tuple(dataset.meta["mean"]))
+  kwargs.setdefault("std", std)
+  return models_lib.get_model(config_value(config, "model.name"),
+                              dataset.num_classes, **kwargs)
+
+
+def steps_per_epoch(config: Any, dataset: data_lib.Dataset) -> int:
+  """Updates per epoch: ⌊N_train / batch_size⌋ (the last partial batch drops)."""
+  batch_size = check_int(config, "batch_size", low=1)
+  if batch_size > dataset.train.num_examples:
+    raise ValueError(f"config.batch_size={batch_size} exceeds the "
+                     f"{dataset.train.num_examples} training examples")
+  return data_lib.num_train_batches(dataset.train, batch_size)
+
+
+def build_optimizer(config: Any, total_steps: int
+                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optimizer, learning-rate schedule) from ``config.optimizer``."""
+  opt_config = config_value(config, "optimizer")
+  return (training.make_optimizer(opt_config, total_steps),
+          training.make_schedule(opt_config, total_steps))
+
+
+def make_augment_fn(config: Any, dataset: data_lib.Dataset
+                    ) -> Callable[[jax.Array, Mapping[str, Any]], dict] | None:
+  """The on-device augmentation hook of the train step, or None.
+
+  ``config.augment`` None uses ``dataset.augment``; augmentation is random
+  crop with 4-pixel padding, plus a horizontal flip if ``config.augment_flip``.
+  """
+  augment = config_value(config, "augment")
+  if augment is None:
+    augment = dataset.augment
+  if not augment:
+    return None
+  if len(dataset.input_shape) != 3:
+    raise ValueError(f"config.augment=True needs image inputs [H, W, C], but "
+                     f"dataset {dataset.name!r} has input shape "
+                     f"{dataset.input_shape}")
+  flip = bool(config_value(config, "augment_flip"))
+
+  def augment_fn(key: jax.Array, batch: Mapping[str, Any]) -> dict:
+    batch = dict(batch)
+    batch["image"] = data_lib.augment_images(key, batch["image"], flip=flip)
+    return batch
+
+  return augment_fn
+
+
+def epoch_batches(config: Any, dataset: data_lib.Dataset
+                  ) -> Callable[[int], Iterator[dict[str, np.ndarray]]]:
+  """``epoch -> training batches``: a pure function of (data_seed, epoch)."""
+  batch_size = int(config_value(config, "batch_size"))
+  seed = int(config_value(config, "data_seed"))
+  return lambda epoch: data_lib.train_batches(dataset.train, batch_size,
+                                              seed=seed, epoch=epoch)
+
+
+# ------------------------------------------------------- objective assembly
+
+
+def comp_sum_per_example(logits: jax.Array, labels: jax.Array,
+                         hparams: Mapping[str, jax.Array]) -> jax.Array:
+  """ℓ_τ(h(x_i), y_i) with the member's τ = hparams['tau'] (notes §2.1); [B]."""
+  return training.comp_sum_from_hparams(logits, labels, hparams)
+
+
+def cross_entropy_per_example(logits: jax.Array, labels: jax.Array,
+                              hparams: Mapping[str, jax.Array]) -> jax.Array:
+  """CE = logsumexp(h) − h_y (= ℓ_1), ignoring hparams; [B]."""
+  del hparams
+  return comp_sum_loss(logits, labels, 1.0)
+
+
+PER_EXAMPLE_LOSSES: dict[str, LossFn] = {
+    "comp_sum": comp_sum_per_example,
+    "cross_entropy": cross_entropy_per_example,
+}
+
+
+def per_example_loss(name: str) -> LossFn:
+  """A per-example loss ``(logits [B, n], labels [B], hparams) -> [B]``."""
+  if name not in PER_EXAMPLE_LOSSES:
+    raise ValueError(f"unknown loss name={name!r}; expected one of "
+                     f"{sorted(PER_EXAMPLE_LOSSES)}")
+  return PER_EXAMPLE_LOSSES[name]
+
+
+def make_objective(model: nn.Module, loss: str | LossFn = "comp_sum"
+                   ) -> Callable[..., tuple[jax.Array, dict]]:
+  """Supervised objective for the train step.
+
+  ``objective(params, batch_stats, batch, rng) = (1/B) Σ_i ℓ(h_θ(x_i), y_i;
+  batch['hparams'])`` with h_θ = ``model.apply`` in training mode; this is
+  :func:`compsum_jax.training.classification_objective` with the loss chosen
+  by name (or given as a function).
+  """
+  loss_fn = per_example_loss(loss) if isinstance(loss, str) else loss
+  return training.classification_objective(model, loss_fn)
+
+
+# ----------------------------------------------------------------- members
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One hypothesis of a sweep.
+
+  Attributes:
+    index: position k in the sweep (0-based).
+    hparams: the member's per-member scalars, e.g. {'tau': 0.5}.
+    seed_index: s ∈ {0, …, num_seeds − 1}.
+    seed: the initialisation seed (base seed + s).
+  """
+
+  index: int
+  hparams: Mapping[str, float]
+  seed_index: int
+  seed: int
+
+
+def member_grid(values: Mapping[str, Sequence[float]], num_seeds: int,
+                base_seed: int) -> list[Member]:
+  """The sweep ``values × seeds``, hparams-major.
+
+  Args:
+    values: one sequence per hyper-parameter name, all of the same length V
+      (zipped, not crossed), e.g. {'tau': (0, 1, 2)}.
+    num_seeds: S ≥ 1.
+    base_seed: seed of seed index 0; seed index s uses ``base_seed + s``.
+
+  Returns:
+    V·S members, member k = (value k // S, seed index k % S).
+  """
+  lengths = {len(v) for v in values.values()}
+  if len(lengths) != 1:
+    raise ValueError(f"hyper-parameter value lists must have one common "
+                     f"length, got lengths {sorted(lengths)}")
+  (num_values,) = lengths
+  members = []
+  for v in range(num_values):
+    for s in range(num_seeds):
+      members.append(Member(
+          index=len(members),
+          hparams={name: float(vals[v]) for name, vals in values.items()},
+          seed_index=s, seed=int(base_seed) + s))
+  return members
+
+
+# Compiled member initialisers; the entries keep model and optimizer alive so
+# their ids stay unique.
+_INIT_FNS: dict[tuple, tuple[nn.Module, Any, Callable]] = {}
+
+
+def init_states(model: nn.Module, optimizer: optax.GradientTransformation,
+                members: Sequence[Member], input_shape: Sequence[int], *,
+                stacked: bool) -> training.TrainState:
+  """Initial state of ``members``: stacked [K, ...] or, for one, unstacked.
+
+  Member k's state equals ``training.init_train_state(model, optimizer,
+  rng=members[k].seed, input_shape=input_shape,
+  hparams=members[k].hparams)`` exactly (same key split, same compiled
+  init; checked by the tests), but the init is compiled once for all K
+  members. (Work-around: ``init_train_state`` jits a fresh lambda on every
+  call, which costs one XLA compilation per member, 2–7 s each on 2 CPU
+  cores.)
+  """
+  if not members:
+    raise ValueError("init_states needs at least one member")
+  if not stacked and len(members) != 1:
+    raise ValueError(f"stacked=False needs exactly one member, got "
+                     f"{len(members)}")
+  names = sorted(members[0].hparams)
+  for m in members:
+    if sorted(m.hparams) != names:
+      raise ValueError(f"members must share hyper-parameter names, got "
+                       f"{sorted(m.hparams)} and {names}")
+    for name in names:
+      if not math.isfinite(float(m.hparams[name])):
+        raise ValueError(f"hparams[{name!r}] must be finite, got "
+                         f"{m.hparams[name]!r} for member {m.index}")
+  dummy = jnp.zeros((1, *input_shape), jnp.float32)
+
+  def init_one(seed_key: jax.Array, hparams: dict[str, jax.Array]
+               ) -> training.TrainState:
+    # Same key split as training.init_train_state: (init key, state key).
+    init_key, state_key = jax.random.split(jax.random.wrap_key_data(seed_key))
+    variables = model.init(init_key, dummy, train=False)
+    unknown = set(variables) - {"params", "batch_stats"}
+    if unknown:
+      raise ValueError(f"model has variable collections {sorted(unknown)} "
+                       "that TrainState does not hold")
+    params = variables["params"]
+    return training.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=optimizer.init(params), ema_params=None,
+        rng=jax.random.key_data(state_key), hparams=hparams)
+
+  cache_key = (id(model), id(optimizer), tuple(input_shape))
+  if cache_key not in _INIT_FNS:  # compiled once per (model, optimizer, shape)
+    _INIT_FNS[cache_key] = (model, optimizer, jax.jit(init_one))
+  init_fn = _INIT_FNS[cache_key][2]
+  states = [init_fn(training.key_data(m.seed),
+                    {n: jnp.asarray(float(m.hparams[n]), jnp.float32)
+                     for n in names})
+            for m in members]
+  return training.stack_states(states) if stacked else states[0]
+
+
+# -------------------------------------------------------------- evaluation
+
+
+def evaluate_split(eval_step: Callable[..., dict], state: training.TrainState,
+                   split: data_lib.ArraySplit, batch_size: int,
+                   labels: np.ndarray | None = None) -> dict[str, Any]:
+  """Exact averages of ``eval_step`` over a split (see training.evaluate).
+
+  Args:
+    eval_step: from :func:`compsum_jax.training.make_eval_step`.
+    state: single or stacked member state.
+    split: the split to evaluate.
+    batch_size: evaluation batch size.
+    labels: labels to use instead of ``split.labels`` (e.g. the clean labels
+      of a noisy training split), shape [N].
+
+  Returns:
+    ``training.evaluate``'s dict (values [K] for stacked states).
+  """
+  if labels is not None:
+    split = data_lib.ArraySplit(split.images, np.asarray(labels, np.int32))
+  return training.evaluate(eval_step, state,
+                           data_lib.eval_batches(split, batch_size))
+
+
+def make_logits_fn(model: nn.Module, *, stacked: bool
+                   ) -> Callable[[training.TrainState, jax.Array], jax.Array]:
+  """Compiled ``(state, images [B, ...]) -> logits`` in inference mode.
+
+  Logits have shape [B, n], or [K, B, n] for a stacked state.
+  """
+
+  def logits_fn(state, images):
+    logits, _ = training.apply_model(model, state.params, state.batch_stats,
+                                     images, train=False)
+    return logits
+
+  if stacked:
+    logits_fn = jax.vmap(logits_fn, in_axes=(0, None))
+  return jax.jit(logits_fn)
+
+
+def predict_logits(logits_fn: Callable[..., jax.Array],
+                   state: training.TrainState, split: data_lib.ArraySplit,
+                   batch_size: int) -> np.ndarray:
+  """Logits of the whole split as float32 NumPy, [N, n] or [K, N, n]."""
+  outputs = []
+  for batch in data_lib.eval_batches(split, batch_size):
+    real = int(batch["mask"].sum())
+    out = np.asarray(jax.device_get(logits_fn(state, batch["image"])))
+    outputs.append(out[..., :real, :])
+  return np.concatenate(outputs, axis=-2)
+
+
+# ---------------------------------------------------------------- results
+
+
+def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof = 1; 0.0 for one value).
+
+  s = sqrt(Σ (v_i − v̄)² / (m − 1)).
+  """
+  v = np.asarray(values, np.float64)
+  if v.size == 0:
+    raise ValueError("mean_and_std needs at least one value")
+  std = float(np.std(v, ddof=1)) if v.size > 1 else 0.0
+  return float(np.mean(v)), std
+
+
+def to_jsonable(value: Any) -> Any:
+  """ConfigDicts, NumPy/JAX values → JSON types (non-finite floats as str)."""
+  return training.metrics.to_jsonable(value)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Writes ``obj`` as sorted, indented JSON, atomically (tmp + rename)."""
+  path = os.fspath(path)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  """Writes ``text`` atomically."""
+  path = os.fspath(path)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]
+                   ) -> str:
+  """A GitHub markdown table (cells converted with ``str``)."""
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "|".join("---" for _ in header) + "|"]
+  for row in rows:
+    if len(row) != len(header):
+      raise ValueError(f"markdown_table row has {len(row)} cells, header "
+                       f"has {len(header)}")
+    lines.append("| " + " | ".join(str(c) for c in row) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def pyplot():
+  """matplotlib.pyplot with the non-interactive Agg backend (files only)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  return plt

@@ -1,0 +1,358 @@
+"""Tests of the loss-comparison experiment (issue 5).
+
+Expected values are computed independently of the code under test: a plain
+optax cross-entropy training loop for τ = 1, NumPy float64 closed forms of the
+conditional risks and of Γ_τ (SciPy root finding) for the bound check, direct
+``model.apply`` + NumPy argmax for the reported accuracies, and NumPy
+mean/std for the per-τ statistics.
+"""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import optimize
+
+from compsum_jax import data as data_lib
+from compsum_jax import training
+from configs import loss_comparison as presets
+from experiments import common
+from experiments import loss_comparison_lib as lib
+
+# ------------------------------------------------------------------ configs
+
+
+def test_every_preset_validates():
+  for name in presets.PRESETS:
+    config = presets.get_config(name)
+    lib.validate_config(config)
+    assert len(lib.config_taus(config)) >= 1
+
+
+def test_default_preset_is_digits_with_default_grid():
+  config = presets.get_config()
+  assert config.dataset == "digits"
+  assert lib.config_taus(config) == (0.0, 0.5, 1.0, 1.5, 2.0)
+  assert config.num_seeds == 3
+
+
+def test_unknown_preset():
+  with pytest.raises(ValueError, match="preset"):
+    presets.get_config("imagenet")
+
+
+@pytest.mark.parametrize("field, value, pattern", [
+    ("dataset", "imagenet", r"config\.dataset"),
+    ("taus", (0.0, -1.0), r"config\.taus"),
+    ("taus", (), r"config\.taus"),
+    ("taus", (1.0, 1.0), r"config\.taus"),
+    ("label_noise.rate", 1.0, r"config\.label_noise\.rate"),
+    ("label_noise.rate", -0.1, r"config\.label_noise\.rate"),
+    ("label_noise.kind", "pairs", r"config\.label_noise\.kind"),
+    ("num_seeds", 0, r"config\.num_seeds"),
+    ("num_epochs", 0, r"config\.num_epochs"),
+    ("batch_size", 0, r"config\.batch_size"),
+    ("sweep_mode", "parallel", r"config\.sweep_mode"),
+    ("model.name", "resnet1000", r"config\.model\.name"),
+    ("optimizer.learning_rate", 0.0, r"config\.optimizer\.learning_rate"),
+    ("companion", "nope", r"config\.companion"),
+])
+def test_bad_config_names_the_field(field, value, pattern):
+  config = presets.get_config("smoke")
+  parent = config
+  *path, last = field.split(".")
+  for part in path:
+    parent = parent[part]
+  with parent.ignore_type():
+    parent[last] = value
+  with pytest.raises(ValueError, match=pattern):
+    lib.validate_config(config)
+
+
+def test_bound_check_needs_known_posteriors():
+  config = presets.get_config("smoke")
+  config.bound_check = True
+  with pytest.raises(ValueError, match=r"config\.bound_check"):
+    lib.validate_config(config)
+
+
+# ------------------------------------------------------------ member setup
+
+
+def test_member_grid_is_tau_major_with_shared_seeds():
+  members = common.member_grid({"tau": (0.0, 1.0, 2.0)}, 2, 10)
+  assert [(m.hparams["tau"], m.seed) for m in members] == [
+      (0.0, 10), (0.0, 11), (1.0, 10), (1.0, 11), (2.0, 10), (2.0, 11)]
+  assert [m.index for m in members] == list(range(6))
+
+
+def test_init_states_equal_init_train_state():
+  config = presets.get_config("smoke")
+  dataset = common.load_data(config)
+  model = common.build_model(config, dataset)
+  optimizer = optax.sgd(0.1, momentum=0.9)
+  members = common.member_grid({"tau": (0.5, 2.0)}, 2, 3)
+  stacked = common.init_states(model, optimizer, members,
+                               dataset.input_shape, stacked=True)
+  # init_train_state compiles once per call, so compare one member (the
+  # last: τ = 2, seed 4) and check that the members differ as they should.
+  member = members[-1]
+  reference = training.init_train_state(
+      model, optimizer, rng=member.seed, input_shape=dataset.input_shape,
+      hparams=member.hparams)
+  ours = jax.tree.map(lambda x: x[-1], stacked)
+  assert jax.tree.structure(ours) == jax.tree.structure(reference)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  kernels = jax.tree.leaves(stacked.params)[0]
+  np.testing.assert_array_equal(kernels[0], kernels[2])  # same seed, τ differs
+  assert not np.array_equal(kernels[0], kernels[1])  # different seeds
+  np.testing.assert_array_equal(stacked.hparams["tau"], [0.5, 0.5, 2.0, 2.0])
+
+
+# -------------------------------------------------------------- bound check
+
+
+def _np_transform(t, tau, n):
+  """T_τ(t) of notes §3.1, NumPy float64."""
+  if tau >= 2:
+    return t / ((tau - 1) * n ** (tau - 1))
+  if tau == 1:
+    return sum(0.5 * (1 + s * t) * math.log1p(s * t) if 1 + s * t > 0 else 0.0
+               for s in (1, -1))
+  a = ((((1 + t) ** (1 / (2 - tau)) + (1 - t) ** (1 / (2 - tau))) / 2)
+       ** (2 - tau))
+  if tau < 1:
+    return 2 ** (1 - tau) / (1 - tau) * (1 - a)
+  return (a - 1) / ((tau - 1) * n ** (tau - 1))
+
+
+def _np_gamma(s, tau, n):
+  """Γ_τ(s) = T_τ^{-1}(s), capped at 1, by Brent's method."""
+  if s <= 0:
+    return 0.0
+  if s >= _np_transform(1.0, tau, n):
+    return 1.0
+  return optimize.brentq(lambda t: _np_transform(t, tau, n) - s, 0.0, 1.0,
+                         xtol=1e-15, rtol=1e-14)
+
+
+def _np_bound_sides(logits, probs, tau):
+  """E[ΔC_0-1], E[ΔC_τ] from softmax-form losses and C* closed forms."""
+  z = logits - logits.max(-1, keepdims=True)
+  softmax = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+  if tau == 1:
+    per_label = -np.log(softmax)  # ℓ_1 = −log s_y
+    best = -np.sum(np.where(probs > 0, probs * np.log(probs), 0.0), -1)
+  else:
+    per_label = (1 - softmax ** (tau - 1)) / (tau - 1)  # (1 − s_y^{τ−1})/(τ−1)
+    if tau < 2:
+      best = ((probs ** (1 / (2 - tau))).sum(-1) ** (2 - tau) - 1) / (1 - tau)
+    else:
+      best = (1 - probs.max(-1)) / (tau - 1)
+  surrogate = np.mean((probs * per_label).sum(-1) - best)
+  predicted = logits.argmax(-1)
+  zero_one = np.mean(probs.max(-1) -
+                     probs[np.arange(len(probs)), predicted])
+  return zero_one, surrogate
+
+
+def test_bound_check_values_match_numpy_closed_forms():
+  rs = np.random.RandomState(0)
+  taus = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+  n, m = 4, 300
+  logits = rs.randn(len(taus), m, n).astype(np.float32) * 2.0
+  probs = rs.dirichlet(np.ones(n) * 0.7, size=m)
+  values = lib.bound_check_values(logits, probs, taus)
+  for k, tau in enumerate(taus):
+    zero_one, surrogate = _np_bound_sides(logits[k].astype(np.float64),
+                                          probs, tau)
+    np.testing.assert_allclose(values["zero_one_excess"][k], zero_one,
+                               rtol=1e-10)
+    np.testing.assert_allclose(values["surrogate_excess"][k], surrogate,
+                               rtol=1e-8)
+    np.testing.assert_allclose(values["bound"][k], _np_gamma(surrogate, tau, n),
+                               rtol=1e-7, atol=1e-12)
+    assert values["slack"][k] == pytest.approx(
+        values["bound"][k] - values["zero_one_excess"][k])
+    assert values["slack"][k] >= 0  # the theorem, on these random h and p
+
+
+def test_bound_check_at_the_bayes_scores_is_tight_at_zero():
+  # h = log p is pointwise optimal for τ = 1: both estimation errors vanish.
+  rs = np.random.RandomState(1)
+  probs = rs.dirichlet(np.ones(3), size=50)
+  logits = np.log(probs)[None].astype(np.float32)
+  values = lib.bound_check_values(logits, probs, (1.0,))
+  assert abs(values["zero_one_excess"][0]) < 1e-12
+  assert values["surrogate_excess"][0] < 1e-6
+
+
+# ------------------------------------------------------- τ = 1 equals optax
+
+
+def _tiny_config(taus, mode):
+  config = presets.get_config("smoke")
+  config.taus = taus
+  config.num_seeds = 1
+  config.seed = 7
+  config.optimizer.weight_decay = 0.0
+  config.sweep_mode = mode
+  config.eval_every_epochs = 2
+  return config
+
+
+def _plain_optax_ce_params(sweep, seed):
+  """Plain optax cross-entropy training with the same seed and batches."""
+  config = sweep.config
+  model = sweep.model
+  init_key, _ = jax.random.split(jax.random.key(seed))
+  params = model.init(init_key, jnp.zeros((1, *sweep.dataset.input_shape)),
+                      train=False)["params"]
+  schedule = optax.cosine_decay_schedule(config.optimizer.learning_rate,
+                                         sweep.total_steps)
+  optimizer = optax.sgd(schedule, momentum=config.optimizer.momentum,
+                        nesterov=True)
+  opt_state = optimizer.init(params)
+
+  @jax.jit
+  def step(params, opt_state, images, labels):
+    def loss_fn(p):
+      logits = model.apply({"params": p}, images, train=True)
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits, labels).mean()
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  for epoch in range(config.num_epochs):
+    for batch in data_lib.train_batches(sweep.dataset.train, config.batch_size,
+                                        seed=config.data_seed, epoch=epoch):
+      params, opt_state = step(params, opt_state, batch["image"],
+                               batch["label"])
+  return params
+
+
+@pytest.mark.parametrize("mode", ["vmap", "sequential"])
+def test_tau_one_equals_plain_optax_cross_entropy(mode, tmp_path):
+  # vmap: τ = 1 is member 0 of a 2-member vmapped run (with τ = 2).
+  taus = (1.0, 2.0) if mode == "vmap" else (1.0,)
+  sweep = lib.build_sweep(_tiny_config(taus, mode))
+  stacked = mode == "vmap"
+  group = sweep.members if stacked else sweep.members[:1]
+  result = lib.train_group(sweep, group, str(tmp_path / "run"),
+                           stacked=stacked)
+  ours = result.state.params
+  if stacked:
+    ours = jax.tree.map(lambda x: x[0], ours)
+  reference = _plain_optax_ce_params(sweep, seed=7)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference),
+                  strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5,
+                               atol=2e-6)
+  # And training moved the parameters (the comparison is not vacuous).
+  init = common.init_states(sweep.model, sweep.optimizer, group[:1],
+                            sweep.dataset.input_shape, stacked=False).params
+  moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+              for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(ours),
+                              strict=True))
+  assert moved > 1e-3
+
+
+# ------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("smoke"))
+  config = presets.get_config("smoke")
+  results, paths = lib.run(config, workdir, log=lambda s: None)
+  return config, workdir, results, paths
+
+
+def test_smoke_writes_documented_files(smoke_run):
+  _, workdir, results, paths = smoke_run
+  for name in ("results", "table", "accuracy_plot", "curves_plot"):
+    assert os.path.getsize(paths[name]) > 0, name
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    on_disk = json.load(f)
+  assert on_disk == json.loads(json.dumps(common.to_jsonable(results)))
+  assert set(on_disk) >= {"config", "dataset", "sweep", "per_tau", "members",
+                          "bound_check", "files"}
+  assert on_disk["config"]["taus"] == [0.0, 1.0, 2.0]
+  assert on_disk["sweep"]["mode"] == "vmap"
+  assert on_disk["bound_check"]["applicable"] is False
+  for row in on_disk["per_tau"]:
+    for key in ("test_accuracy", "final_surrogate_loss",
+                "test_surrogate_loss"):
+      assert set(row[key]) == {"mean", "std"}
+  with open(paths["table"], encoding="utf-8") as f:
+    table = f.read()
+  assert "sum-exponential" in table and "MAE" in table
+
+
+def test_smoke_statistics_are_mean_and_std_over_seeds(smoke_run):
+  config, _, results, _ = smoke_run
+  assert len(results["members"]) == 3 * config.num_seeds
+  n_test = results["dataset"]["num_test"]
+  for row in results["per_tau"]:
+    finals = [m["final"] for m in results["members"]
+              if m["tau"] == row["tau"]]
+    accs = np.array([f["test_accuracy"] for f in finals])
+    # accuracies are exact counts over the clean test set
+    np.testing.assert_allclose(accs * n_test, np.round(accs * n_test),
+                               atol=1e-9)
+    assert row["test_accuracy"]["mean"] == pytest.approx(accs.mean())
+    assert row["test_accuracy"]["std"] == pytest.approx(accs.std(ddof=1))
+    losses = np.array([f["train_loss"] for f in finals])
+    assert row["final_surrogate_loss"]["mean"] == pytest.approx(losses.mean())
+  epochs = results["members"][0]["history"]["epoch"]
+  assert epochs == list(range(1, config.num_epochs + 1))
+
+
+def test_smoke_accuracy_matches_direct_model_apply(smoke_run):
+  config, workdir, results, _ = smoke_run
+  sweep = lib.build_sweep(config)
+  gdir = lib.group_dir(workdir, sweep.members, stacked=True)
+  store = training.CheckpointStore(os.path.join(gdir, "checkpoints"))
+  template = common.init_states(sweep.model, sweep.optimizer, sweep.members,
+                                sweep.dataset.input_shape, stacked=True)
+  state, _ = store.restore(template)
+  store.close()
+  images = sweep.dataset.test.images
+  labels = sweep.dataset.test.labels
+  for k, member in enumerate(results["members"]):
+    params = jax.tree.map(lambda x, k=k: x[k], state.params)
+    logits = np.asarray(sweep.model.apply({"params": params}, images))
+    accuracy = np.mean(np.argmax(logits, -1) == labels)
+    assert member["final"]["test_accuracy"] == pytest.approx(accuracy)
+
+
+# ---------------------------------------------------- synthetic bound check
+
+
+def test_synthetic_bound_holds_at_every_checkpoint(tmp_path):
+  config = presets.get_config("synthetic_smoke")
+  results, paths = lib.run(config, str(tmp_path), log=lambda s: None)
+  check = results["bound_check"]
+  num_evals = config.num_epochs // config.eval_every_epochs
+  assert check["applicable"] is True
+  assert check["num_checks"] == len(results["members"]) * num_evals
+  assert check["num_violations"] == 0 and check["holds"] is True
+  assert check["min_slack"] >= 0
+  for member in results["members"]:
+    hist = member["history"]
+    for z, s, b in zip(hist["zero_one_excess"], hist["surrogate_excess"],
+                       hist["bound"], strict=True):
+      assert 0 <= z <= b + 1e-12
+      assert s >= 0
+      # Γ_τ recomputed independently (SciPy) from the recorded E[ΔC_τ]
+      assert b == pytest.approx(_np_gamma(s, member["tau"], 4), rel=1e-7,
+                                abs=1e-12)
+  assert os.path.getsize(paths["bound_plot"]) > 0

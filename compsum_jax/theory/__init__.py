@@ -51,6 +51,7 @@ from compsum_jax.theory.families import (
     ScoreBoundedFamily,
     projected_gradient_solve,
     resolve_family,
+    score_bounded_certificate,
     solve_score_bounded,
 )
 from compsum_jax.theory.gaps import (
@@ -96,6 +97,7 @@ __all__ = [
     "projected_gradient_solve",
     "random_pairs",
     "resolve_family",
+    "score_bounded_certificate",
     "solve_score_bounded",
     "tightness_curve",
     "transform",

@@ -79,6 +79,7 @@ def _entropy_gap_two_point(t: jax.Array) -> jax.Array:
   return jnp.where(small, series, closed)
 
 
+@jax.jit
 def _transform_unchecked(t: jax.Array, tau: jax.Array,
                          num_classes: jax.Array) -> jax.Array:
   """T_τ(t) without input checks; t, τ, n broadcast (see module docstring)."""
@@ -141,6 +142,7 @@ def _quadratic_coefficient(tau: jax.Array, num_classes: jax.Array
           jnp.exp(jnp.maximum(tau - 1.0, 0.0) * jnp.log(2.0 / num_classes)))
 
 
+@jax.jit
 def _inverse_transform_unchecked(s: jax.Array, tau: jax.Array,
                                  num_classes: jax.Array) -> jax.Array:
   s, tau, num_classes = jnp.broadcast_arrays(s, tau, num_classes)

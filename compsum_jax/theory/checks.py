@@ -158,6 +158,7 @@ def constrained_probs(params: dict[str, jax.Array], t: jax.Array
 _VANISH = 60.0
 
 
+@jax.jit
 def predicted_class_candidates(probs: jax.Array, tau: jax.Array
                                ) -> jax.Array:
   """Score vectors containing inf{C_τ(s, p) : argmax s = 1} (ties allowed).
@@ -199,6 +200,7 @@ def predicted_class_candidates(probs: jax.Array, tau: jax.Array
   return jnp.concatenate([pooled, uniform], axis=0)
 
 
+@jax.jit
 def min_surrogate_regret_given_prediction(probs: jax.Array, tau: jax.Array
                                           ) -> jax.Array:
   """inf{ΔC_τ(s, p) : argmax s = 1} for the complete family (single p [n])."""

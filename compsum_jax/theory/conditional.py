@@ -31,7 +31,7 @@ def conditional_risk(scores: jax.Array, probs: jax.Array,
   Returns:
     Conditional risks, shape [...].
   """
-  return comp_sum_loss_soft(scores, probs, tau)
+  return comp_sum_loss_soft(jnp.asarray(scores), jnp.asarray(probs), tau)
 
 
 def zero_one_conditional_regret(scores: jax.Array,
@@ -63,6 +63,7 @@ def zero_one_best_conditional_risk(probs: jax.Array) -> jax.Array:
   return 1.0 - jnp.max(probs, axis=-1)
 
 
+@jax.jit
 def complete_best_conditional_risk_unchecked(probs: jax.Array,
                                              tau: jax.Array) -> jax.Array:
   """C*_τ(H_all, x) of notes §4.1, no input checks (probs [..., n], τ [...]).

@@ -54,6 +54,7 @@ reported gap is 0.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -245,6 +246,54 @@ def _frank_wolfe_gap(scores: jax.Array, probs: jax.Array, tau: jax.Array,
   return jnp.sum(grad * q) - jnp.min(lin)
 
 
+def _certificate_one(scores: jax.Array, probs: jax.Array, tau: jax.Array,
+                     bound: jax.Array) -> tuple[jax.Array, jax.Array]:
+  grad = jax.grad(_risk)(scores, probs, tau)
+  kkt = jnp.max(jnp.abs(scores - jnp.clip(scores - grad, -bound, bound)))
+  gap = jnp.where(tau <= 2.0,
+                  jnp.maximum(_frank_wolfe_gap(scores, probs, tau, bound),
+                              0.0), 0.0)
+  return kkt, gap
+
+
+def score_bounded_certificate(scores: jax.Array, probs: jax.Array,
+                              tau: jax.Array | float,
+                              score_bound: jax.Array | float
+                              ) -> tuple[jax.Array, jax.Array]:
+  """Optimality certificate of scores in [−Λ, Λ]^n for min C_τ(s, x).
+
+  Args:
+    scores: feasible scores, shape [..., n] (entries in [−Λ, Λ]).
+    probs: shape [..., n].
+    tau: τ ≥ 0 broadcastable to [...].
+    score_bound: Λ > 0 broadcastable to [...].
+
+  Returns:
+    (kkt_residual, duality_gap), each shape [...]: the projected-gradient
+    residual ‖s − clip(s − ∇C(s), −Λ, Λ)‖_∞, and for τ ≤ 2 the Frank–Wolfe gap
+    in q = softmax(s), which bounds C_τ(s) − C*_τ(H_Λ, x) from above (convex
+    problem in q, module docstring); 0 for τ > 2, where it is no bound.
+  """
+  validation.check_probs(probs, jnp.shape(scores))
+  validation.check_tau(tau)
+  validation.check_nonnegative(score_bound, "score_bound", allow_zero=False)
+  dtype = validation.compute_dtype(probs)
+  probs = jnp.asarray(probs, dtype)
+  batch = probs.shape[:-1]
+  return _certificate_batched(
+      jnp.asarray(scores, dtype), probs,
+      jnp.broadcast_to(jnp.asarray(tau, dtype), batch),
+      jnp.broadcast_to(jnp.asarray(score_bound, dtype), batch))
+
+
+@jax.jit
+def _certificate_batched(scores, probs, tau, bound):
+  fn = _certificate_one
+  for _ in probs.shape[:-1]:
+    fn = jax.vmap(fn)
+  return fn(scores, probs, tau, bound)
+
+
 def _solve_one(probs: jax.Array, tau: jax.Array,
                bound: jax.Array) -> BoxSolution:
   order = jnp.argsort(-probs)
@@ -255,13 +304,8 @@ def _solve_one(probs: jax.Array, tau: jax.Array,
   values = jnp.where(valid & ~jnp.isnan(values), values, jnp.inf)
   best = jnp.argmin(values)
   scores = jnp.zeros_like(probs).at[order].set(candidates[best])
-  value = values[best]
-  grad = jax.grad(_risk)(scores, probs, tau)
-  kkt = jnp.max(jnp.abs(scores - jnp.clip(scores - grad, -bound, bound)))
-  gap = jnp.where(tau <= 2.0,
-                  jnp.maximum(_frank_wolfe_gap(scores, probs, tau, bound),
-                              0.0), 0.0)
-  return BoxSolution(value, scores, kkt, gap)
+  kkt, gap = _certificate_one(scores, probs, tau, bound)
+  return BoxSolution(values[best], scores, kkt, gap)
 
 
 def solve_score_bounded(probs: jax.Array, tau: jax.Array | float,
@@ -291,8 +335,14 @@ def solve_score_bounded(probs: jax.Array, tau: jax.Array | float,
   batch = probs.shape[:-1]
   tau = jnp.broadcast_to(jnp.asarray(tau, dtype), batch)
   bound = jnp.broadcast_to(jnp.asarray(score_bound, dtype), batch)
+  return _solve_batched(probs, tau, bound)
+
+
+@jax.jit
+def _solve_batched(probs: jax.Array, tau: jax.Array,
+                   bound: jax.Array) -> BoxSolution:
   solve = _solve_one
-  for _ in batch:
+  for _ in probs.shape[:-1]:
     solve = jax.vmap(solve)
   return solve(probs, tau, bound)
 
@@ -349,7 +399,17 @@ def projected_gradient_solve(probs: jax.Array, tau: jax.Array | float,
     init_scores = jnp.where(
         probs > 0, a[..., None] * jnp.log(jnp.where(probs > 0, probs, 1.0)),
         -10.0)
-  init_scores = jnp.asarray(init_scores, dtype)
+  init_scores = jnp.broadcast_to(jnp.asarray(init_scores, dtype),
+                                 probs.shape)
+  family = jax.tree.map(
+      lambda leaf: jnp.broadcast_to(jnp.asarray(leaf, dtype), batch), family)
+  return _projected_gradient_batched(probs, tau, init_scores, family,
+                                     num_steps)
+
+
+@functools.partial(jax.jit, static_argnums=(4,))
+def _projected_gradient_batched(probs, tau, init_scores, family, num_steps):
+  dtype = probs.dtype
   step_sizes = 2.0 ** -jnp.arange(24, dtype=dtype)
 
   def solve_one(p, t, s0, family):
@@ -373,9 +433,7 @@ def projected_gradient_solve(probs: jax.Array, tau: jax.Array | float,
     kkt = jnp.max(jnp.abs(s - family.project_scores(s - g)))
     return FamilySolution(f(s), s, kkt)
 
-  family = jax.tree.map(
-      lambda leaf: jnp.broadcast_to(jnp.asarray(leaf, dtype), batch), family)
   solve = solve_one
-  for _ in batch:
+  for _ in probs.shape[:-1]:
     solve = jax.vmap(solve)
-  return solve(probs, tau, jnp.broadcast_to(init_scores, probs.shape), family)
+  return solve(probs, tau, init_scores, family)

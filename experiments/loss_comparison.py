@@ -57,6 +57,9 @@ def main(argv: list[str]) -> None:
   if config.companion:
     companion = presets.get_config(config.companion)
     companion.companion = ""
+    # Bookkeeping switches follow the main run's (e.g. --config.progress).
+    companion.progress = config.progress
+    companion.tensorboard = config.tensorboard
     sub = os.path.join(workdir, f"companion_{config.companion}")
     print(f"\nCompanion run '{config.companion}' for the bound check in {sub}")
     results_c, paths_c = lib.run(companion, sub)

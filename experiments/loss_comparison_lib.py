@@ -625,7 +625,7 @@ def plot_accuracy(results: Mapping[str, Any], path: str) -> None:
 
 
 def plot_curves(results: Mapping[str, Any], path: str) -> None:
-  """Test accuracy and training ℓ_τ against epochs, per τ (mean ± std)."""
+  """Test accuracy and training ℓ_τ against epochs, per τ (mean ± sample std)."""
   plt = common.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   for row in results["per_tau"]:
@@ -635,7 +635,8 @@ def plot_curves(results: Mapping[str, Any], path: str) -> None:
     for ax, key, scale in ((axes[0], "test_accuracy", 100.0),
                            (axes[1], "train_loss", 1.0)):
       values = scale * np.asarray([h[key] for h in hist], np.float64)
-      mean, std = values.mean(0), values.std(0)
+      mean = values.mean(0)
+      std = values.std(0, ddof=1) if len(values) > 1 else 0.0 * mean
       ax.plot(epochs, mean, marker=".", label=f"τ={tau:g} ({row['loss']})")
       ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
   axes[0].set_ylabel("clean test accuracy (%)")

@@ -221,9 +221,14 @@ def _resolve_attacks(attacks: str | Sequence[AttackSpec],
         attacks) else [attacks]
     attacks = names
   out = []
-  presets.check_overrides_used(
-      [s for s in attacks if isinstance(s, str)] or ["pgd"], {
-          k: v for k, v in overrides.items() if k not in ("eps", "norm")})
+  extra = {k: v for k, v in overrides.items()
+           if k not in ("eps", "norm") and v is not None}
+  named = [s for s in attacks if isinstance(s, str)]
+  if extra and not named:
+    raise ValueError(f"overrides {sorted(extra)} apply to preset attacks "
+                     f"only, and no preset was given")
+  if named:
+    presets.check_overrides_used(named, extra)
   for spec in attacks:
     if isinstance(spec, str):
       if presets.is_cascade(spec):

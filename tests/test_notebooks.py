@@ -30,7 +30,8 @@ CELL_TIMEOUT_S = 300
 # `-m slow`). Keep this list empty unless a notebook cannot be made small.
 SLOW_NOTEBOOKS: frozenset[str] = frozenset()
 INSTALL_COMMAND = '%pip install -q "compsum_jax @ git+https://github.com/'
-EXPECTED_NOTEBOOKS = ("01_comp_sum_losses.ipynb",)
+EXPECTED_NOTEBOOKS = ("01_comp_sum_losses.ipynb", "02_bounds_and_gaps.ipynb",
+                      "03_training_and_bounds.ipynb")
 
 
 def _params():

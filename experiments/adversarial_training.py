@@ -1,0 +1,39 @@
+r"""Adversarial training: ADV-COMP-SUM against TRADES and PGD-AT (issue 7).
+
+Trains every (method, τ, seed) run of the config through the one train step,
+early-stops each on validation PGD-40-margin robust accuracy, evaluates the
+best checkpoint on test (clean, PGD-20, PGD-40 margin, APGD-CE → APGD-T →
+Square) and writes ``results.json``, ``results.md`` and
+``robust_vs_clean.png`` to the workdir. Re-running the same command resumes
+after an interruption (finished runs are not redone). See
+``configs/adversarial_training.py`` for the presets and
+``experiments/adversarial_training_lib.py`` for the objectives::
+
+  python -m experiments.adversarial_training \
+      --config=configs/adversarial_training.py:smoke --workdir=/tmp/x
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import adversarial_training_lib as lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file and preset, e.g. "
+    "configs/adversarial_training.py:digits.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  results = lib.run_experiment(_CONFIG.value, _WORKDIR.value)
+  logging.info("wrote %s/%s", _WORKDIR.value, lib.RESULTS_MD)
+  print(lib.results_markdown(results, _CONFIG.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

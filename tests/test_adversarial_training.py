@@ -1,0 +1,181 @@
+"""Adversarial-training objectives in the one train step: BN handling, ν = 0."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from compsum_jax import attacks, losses, models, training
+from compsum_jax.losses import adversarial as adv
+from experiments import adversarial_training_lib as lib
+
+ATTACK = {"eps": 0.1, "step_size": 0.03, "num_steps": 3}
+
+
+def _batch(seed=0, b=16):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.uniform(size=(b, 8, 8, 1)).astype(np.float32),
+          "label": rng.integers(0, 10, size=b).astype(np.int32)}
+
+
+def _bn_model():
+  return models.get_model("cnn", 10, features=(8, 8), strides=(1, 2),
+                          hidden_size=16, use_batch_norm=True)
+
+
+def _init(model, seed=0):
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, 8, 8, 1)),
+                         train=False)
+  stats = variables["batch_stats"]
+  # Running statistics far from any batch's statistics, so evaluation mode
+  # and training mode give clearly different functions.
+  stats = jax.tree.map(lambda s: s + 0.7, stats)
+  return variables["params"], stats
+
+
+@pytest.mark.parametrize("method", ["adv_comp_sum", "trades", "pgd_at"])
+def test_objective_attacks_in_eval_mode_then_trains_clean_then_adversarial(
+    method):
+  """Spec of the BN choice written directly with flax and the attacks room.
+
+  x' from the method's preset attack on model.apply(train=False) (running
+  statistics); then a training-mode pass on x and one on x' (each with its
+  own batch statistics), the running statistics updated in that order.
+  """
+  model = _bn_model()
+  params, stats = _init(model)
+  batch = _batch()
+  x, y = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
+  hp = {"tau": jnp.float32(1.0), "nu": jnp.float32(2.0),
+        "rho": jnp.float32(1.0), "beta": jnp.float32(6.0)}
+  rng = jax.random.key(3)
+  objective = lib.make_objective(model, method, ATTACK)
+  loss, aux = objective(params, stats, {**batch, "hparams": hp}, rng)
+
+  def eval_logits(xx):
+    return model.apply({"params": params, "batch_stats": stats}, xx,
+                       train=False)
+
+  attack = attacks.build_attack(lib.TRAIN_ATTACK_PRESETS[method], **ATTACK)
+  x_adv = attack(eval_logits, x, y, rng)
+
+  def train_pass(s, xx):
+    z, upd = model.apply({"params": params, "batch_stats": s}, xx,
+                         train=True, mutable=["batch_stats"])
+    return z, upd["batch_stats"]
+
+  if method == "pgd_at":
+    z_adv, want_stats = train_pass(stats, x_adv)
+    want = jnp.mean(adv.pgd_at_loss(z_adv, y))
+  else:
+    z, s1 = train_pass(stats, x)
+    z_adv, want_stats = train_pass(s1, x_adv)
+    want = jnp.mean(adv.trades_loss(z, z_adv, y, 6.0) if method == "trades"
+                    else adv.adv_comp_sum_loss(z, z_adv, y, 1.0, 2.0))
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(aux["batch_stats"]),
+                  jax.tree.leaves(want_stats), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # The attack in TRAINING mode would give another x' (the choice matters).
+  x_adv_train_mode = attack(lambda xx: train_pass(stats, xx)[0], x, y, rng)
+  assert float(jnp.max(jnp.abs(x_adv_train_mode - x_adv))) > 1e-3
+
+
+def test_inner_attack_of_one_example_ignores_the_rest_of_the_batch():
+  """Evaluation-mode BN: example 0's x' does not depend on examples 1..B−1."""
+  model = _bn_model()
+  params, stats = _init(model)
+  b1, b2 = _batch(0), _batch(1)
+  b2["image"][0], b2["label"][0] = b1["image"][0], b1["label"][0]
+  attack = lib.make_train_attack("adv_comp_sum", ATTACK)
+  logits_fn = lib.inference_logits_fn(model, params, stats)
+  keys = jax.random.split(jax.random.key(0), 16)  # same key for example 0
+  x1 = attack(logits_fn, jnp.asarray(b1["image"]), jnp.asarray(b1["label"]),
+              keys)
+  x2 = attack(logits_fn, jnp.asarray(b2["image"]), jnp.asarray(b2["label"]),
+              keys)
+  np.testing.assert_array_equal(x1[0], x2[0])
+  assert float(jnp.max(jnp.abs(x1[1:] - x2[1:]))) > 0
+
+
+def test_parameter_gradient_ignores_the_attack_path():
+  """∇θ of the objective equals ∇θ of the outer loss at the (fixed) x'."""
+  model = models.get_model("mlp", 10, hidden_sizes=(16,))
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  batch = _batch()
+  x, y = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
+  hp = {"tau": jnp.float32(0.5), "nu": jnp.float32(1.5),
+        "rho": jnp.float32(0.8)}
+  rng = jax.random.key(5)
+  objective = lib.make_objective(model, "adv_comp_sum", ATTACK)
+  grad = jax.grad(lambda p: objective(p, {}, {**batch, "hparams": hp},
+                                      rng)[0])(params)
+  x_adv = lib.make_train_attack("adv_comp_sum", ATTACK)(
+      lambda xx: model.apply({"params": params}, xx), x, y, rng)
+
+  def outer(p):
+    z = model.apply({"params": p}, x)
+    z_adv = model.apply({"params": p}, x_adv)
+    return jnp.mean(adv.adv_comp_sum_loss(z, z_adv, y, 0.5, 1.5, 0.8))
+
+  want = jax.grad(outer)(params)
+  for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_nu_zero_training_equals_comp_sum_training():
+  """ADV-COMP-SUM with ν = 0 and ρ = 1 takes exactly the comp-sum steps."""
+  model = models.get_model("cnn", 10, features=(8,), strides=(2,),
+                           hidden_size=0)
+  opt = training.make_optimizer({"name": "sgd", "learning_rate": 0.1}, 10)
+  steps = [training.make_train_step(lib.make_objective(model, m, ATTACK), opt,
+                                    donate=False)
+           for m in ("standard", "adv_comp_sum")]
+  for tau in (0.0, 1.0, 2.0):  # τ is a traced hparam: one compilation
+    states = [training.init_train_state(model, opt, rng=0,
+                                        input_shape=(8, 8, 1), hparams=hp)
+              for hp in ({"tau": tau}, {"tau": tau, "nu": 0.0, "rho": 1.0})]
+    for i in range(2):
+      batch = _batch(i)
+      (states[0], m0), (states[1], m1) = (
+          steps[k](states[k], batch) for k in range(2))
+      np.testing.assert_allclose(m0["loss"], m1["loss"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(states[0].params),
+                    jax.tree.leaves(states[1].params), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # That loss is the batch-mean ℓ_τ of the model's logits (independent).
+    batch = _batch(9)
+    z = model.apply({"params": states[1].params}, batch["image"])
+    _, m = steps[1](states[1], batch)
+    np.testing.assert_allclose(
+        m["loss"], jnp.mean(losses.comp_sum_loss(z, batch["label"], tau)),
+        rtol=1e-5)
+
+
+def test_make_objective_rejects_unknown_method():
+  with pytest.raises(ValueError, match="method must be one of"):
+    lib.make_objective(_bn_model(), "madry", ATTACK)
+
+
+def test_vmapped_members_train_like_single_runs():
+  """A τ grid as vmapped members equals separate single-member runs."""
+  model = models.get_model("mlp", 10, hidden_sizes=(16,))
+  opt = training.make_optimizer({"name": "sgd", "learning_rate": 0.1}, 10)
+  taus = [0.5, 1.5]
+  objective = lib.make_objective(model, "adv_comp_sum", ATTACK)
+  hp = {"tau": taus, "nu": [1.0, 1.0], "rho": [1.0, 1.0]}
+  stacked = training.init_member_states(model, opt, rngs=[0, 1],
+                                        input_shape=(8, 8, 1), hparams=hp)
+  step_k = training.make_train_step(objective, opt, num_members=2,
+                                    donate=False)
+  step_1 = training.make_train_step(objective, opt, donate=False)
+  singles = training.unstack_states(stacked)
+  batch = _batch()
+  stacked, _ = step_k(stacked, batch)
+  for k in range(2):
+    single, _ = step_1(singles[k], batch)
+    for a, b in zip(jax.tree.leaves(flax.serialization.to_state_dict(
+        training.unstack_states(stacked)[k].params)),
+                    jax.tree.leaves(single.params), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

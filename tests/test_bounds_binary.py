@@ -1,0 +1,45 @@
+"""End-to-end run of the bounds binary's smoke preset."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_smoke_preset_runs_end_to_end(tmp_path):
+  workdir = tmp_path / "bounds"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.bounds",
+       "--config=configs/bounds.py:smoke", f"--workdir={workdir}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Minimum slack over all checks" in proc.stdout
+  for name in ["results.json", "summary.md", "gamma.png", "tightness.png",
+               "gaps.png"]:
+    assert (workdir / name).stat().st_size > 0, name
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["preset"] == "smoke"
+  # (a) Γ_τ is increasing in s and capped at 1.
+  for row in results["gamma_table"]:
+    gamma = np.asarray(row["gamma"])
+    assert np.all(np.diff(gamma) >= 0) and np.all(gamma <= 1.0)
+  # (b) the bound held on every checked pair.
+  for row in results["verification"]:
+    assert row["random_pairs"] == 2000
+    assert row["random_min_slack"] >= -1e-12
+    assert row["adversarial_min_slack"] >= -1e-10
+  # (c) no ratio above 1 (that would be a counterexample).
+  for row in results["tightness"]:
+    assert max(row["ratios"]) <= 1 + 1e-9
+  # (d) gaps are non-negative and non-increasing in τ (notes §4.2).
+  gap = np.asarray(results["gaps"]["gap"])
+  assert np.all(gap >= -1e-12)
+  assert np.all(np.diff(gap, axis=0) <= 1e-12)
+  summary = (workdir / "summary.md").read_text()
+  for heading in ["(a) Γ_τ(s)", "(b) Verification", "(c) Tightness",
+                  "(d) Deterministic minimizability gaps"]:
+    assert heading in summary

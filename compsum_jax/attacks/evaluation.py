@@ -214,8 +214,8 @@ def _example_keys(key: jax.Array, name: str, num: int) -> np.ndarray:
 def _resolve_attacks(attacks: str | Sequence[AttackSpec],
                      overrides: dict[str, Any]
                      ) -> list[tuple[str, presets.AttackFn, float | None,
-                                     str | None]]:
-  """(name, fn, ε, norm) per attack; ε/norm None for custom callables."""
+                                     str | None, str | None]]:
+  """(name, fn, ε, norm, config repr) per attack; None for custom callables."""
   if isinstance(attacks, str):
     names = list(presets.get_preset(attacks)["cascade"]) if presets.is_cascade(
         attacks) else [attacks]
@@ -236,16 +236,38 @@ def _resolve_attacks(attacks: str | Sequence[AttackSpec],
         continue
       cfg = presets.resolve(spec, **presets.member_overrides(spec, overrides))
       eps, norm = presets.threat_model_of(cfg)
-      out.append((spec, presets.build_attack(cfg), eps, norm))
+      out.append((spec, presets.build_attack(cfg), eps, norm, repr(cfg)))
     elif (isinstance(spec, tuple) and len(spec) == 2
           and isinstance(spec[0], str) and callable(spec[1])):
-      out.append((spec[0], spec[1], None, None))
+      out.append((spec[0], spec[1], None, None, None))
     else:
       raise ValueError(f"each attack must be a preset name or a (name, "
                        f"attack_fn) pair, got {spec!r}")
   if not out:
     raise ValueError("attacks must name at least one attack")
   return out
+
+
+# Compiled preset attacks, keyed by (logits_fn, config repr): repeated
+# evaluations of the same function (e.g. single attacks and a cascade) reuse
+# them. Custom attack callables are compiled per call.
+_COMPILED: dict[tuple[Any, str], Callable[..., jax.Array]] = {}
+_COMPILED_MAX = 32
+
+
+def _jitted_attack(logits_fn: LogitsFn, attack_fn: presets.AttackFn,
+                   config: str | None) -> Callable[..., jax.Array]:
+  """jit(x, y, raw keys -> attack_fn(logits_fn, x, y, keys)), cached."""
+  cache_key = (logits_fn, config)
+  if config is not None and cache_key in _COMPILED:
+    return _COMPILED[cache_key]
+  jitted = jax.jit(lambda xb, yb, kb: attack_fn(
+      logits_fn, xb, yb, jax.random.wrap_key_data(kb)))
+  if config is not None:
+    if len(_COMPILED) >= _COMPILED_MAX:
+      _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[cache_key] = jitted
+  return jitted
 
 
 def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
@@ -293,8 +315,8 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   all_overrides = dict(overrides or {})
   all_overrides.update({"eps": eps, "norm": norm})
   resolved = _resolve_attacks(attacks, all_overrides)
-  eps_set = {e for _, _, e, _ in resolved if e is not None}
-  norm_set = {m for _, _, _, m in resolved if m is not None}
+  eps_set = {r[2] for r in resolved if r[2] is not None}
+  norm_set = {r[3] for r in resolved if r[3] is not None}
   if eps is None:
     if len(eps_set) != 1:
       raise ValueError(f"eps must be given (custom attacks) or the presets "
@@ -329,11 +351,10 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   stages = []
   gradient_based_robust = None  # robust to the gradient-based attacks so far
   num_gradient_free_only = 0
-  for index, (name, attack_fn, _, _) in enumerate(resolved):
+  for index, (name, attack_fn, _, _, config) in enumerate(resolved):
     todo = np.nonzero(correct if run_all else robust)[0]
     keys = _example_keys(key, name, num)
-    jitted = jax.jit(lambda xb, yb, kb, f=attack_fn: f(
-        logits_fn, xb, yb, jax.random.wrap_key_data(kb)))
+    jitted = _jitted_attack(logits_fn, attack_fn, config)
     if todo.size:
       x_att = _batched(jitted, [x_np[todo], y_np[todo], keys[todo]],
                        batch_size)

@@ -3,7 +3,9 @@
 A preset is a dict whose ``'attack'`` entry names the attack function
 ('fgsm', 'pgd', 'apgd', 'apgd_targeted', 'square') and whose other entries are
 its keyword arguments, or a dict with a ``'cascade'`` entry listing preset
-names run in order by :func:`compsum_jax.attacks.robust_accuracy`. Configs
+names run in order by :func:`compsum_jax.attacks.robust_accuracy`. A PGD step
+schedule is the primitive ``step_size_boundaries_and_scales`` ({step: scale},
+string or int keys, as optax.piecewise_constant_schedule). Configs
 choose attacks by name; :func:`build_attack` resolves the name here.
 
 | preset | what |
@@ -54,7 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                      num_steps=10, norm="linf", loss="ce",
                      random_start="uniform"),
     "pgd40_margin": dict(attack="pgd", eps=EPS_8_255, step_size=0.1,
-                         step_size_boundaries_and_scales={20: 0.1, 30: 0.01},
+                         step_size_boundaries_and_scales={"20": 0.1, "30": 0.01},
                          num_steps=40, norm="linf", loss="margin",
                          optimizer="adam", random_start="uniform"),
     "adv_comp_sum_train": dict(attack="pgd", eps=EPS_8_255,

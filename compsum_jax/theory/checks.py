@@ -30,6 +30,7 @@ from compsum_jax import validation
 from compsum_jax.theory import bounds, conditional
 
 
+@jax.jit
 def _slack_unchecked(scores: jax.Array, probs: jax.Array,
                      tau: jax.Array) -> jax.Array:
   n = scores.shape[-1]
@@ -71,26 +72,30 @@ def random_pairs(key: jax.Array, num_pairs: int, num_classes: int,
                  ) -> tuple[jax.Array, jax.Array]:
   """Random (scores, probs) pairs covering easy and critical regions.
 
-  p ~ Dirichlet(α) with α ∈ {0.05, 0.3, 1, 5} per pair (sparse to flat). Half
-  the scores are N(0, σ²) with σ ∈ {0.01, 0.3, 1, 4}; the other half are the
-  complete-family optimum log p^{1/(2−τ)} plus small noise, where the regret is
-  small and the bound is tested hardest.
+  p = softmax(β·g), g ~ N(0, I), β ∈ {0.1, 1, 3, 10} per pair (flat to
+  peaked), and with probability 0.3 each class except the most likely one
+  gets p_y = 0 exactly. Half the scores are N(0, σ²) with
+  σ ∈ {0.01, 0.3, 1, 4}; the other half are the complete-family optimum
+  log p^{1/(2−τ)} plus small noise, where the regret is small and the bound is
+  tested hardest. (Gaussian logits instead of a Dirichlet keep the compiled
+  sampler small: ``jax.random.gamma`` compiles slowly on CPU.)
 
   Returns:
     (scores [num_pairs, n], probs [num_pairs, n]).
   """
-  k_alpha, k_gamma, k_scale, k_noise, k_mode = jax.random.split(key, 5)
-  alphas = jnp.asarray([0.05, 0.3, 1.0, 5.0], dtype)
-  alpha = alphas[jax.random.randint(k_alpha, (num_pairs,), 0, 4)]
-  gamma = jax.random.gamma(k_gamma, jnp.broadcast_to(
-      alpha[:, None], (num_pairs, num_classes)), dtype=dtype)
-  gamma = gamma + jnp.finfo(dtype).tiny
-  probs = gamma / jnp.sum(gamma, axis=-1, keepdims=True)
+  k_beta, k_logits, k_zero, k_scale, k_noise, k_mode = jax.random.split(key, 6)
+  shape = (num_pairs, num_classes)
+  betas = jnp.asarray([0.1, 1.0, 3.0, 10.0], dtype)
+  beta = betas[jax.random.randint(k_beta, (num_pairs,), 0, 4)][:, None]
+  logits = beta * jax.random.normal(k_logits, shape, dtype)
+  is_max = logits >= jnp.max(logits, axis=-1, keepdims=True)
+  zero = jax.random.bernoulli(k_zero, 0.3, shape) & ~is_max
+  probs = jax.nn.softmax(jnp.where(zero, -jnp.inf, logits), axis=-1)
   scales = jnp.asarray([0.01, 0.3, 1.0, 4.0], dtype)
   scale = scales[jax.random.randint(k_scale, (num_pairs,), 0, 4)][:, None]
-  noise = jax.random.normal(k_noise, (num_pairs, num_classes), dtype)
+  noise = jax.random.normal(k_noise, shape, dtype)
   a = 1.0 / (2.0 - jnp.minimum(jnp.asarray(tau, dtype), 1.9))
-  optimal = a * jnp.log(probs)
+  optimal = a * jnp.log(jnp.maximum(probs, jnp.finfo(dtype).tiny))
   near = optimal + 0.1 * scale * noise
   near = jnp.maximum(near, jnp.max(near, -1, keepdims=True) - 50.0)
   use_near = jax.random.bernoulli(k_mode, 0.5, (num_pairs, 1))

@@ -71,6 +71,9 @@ PLOT_ACCURACY = "accuracy_vs_tau.png"
 PLOT_CURVES = "training_curves.png"
 PLOT_BOUND = "bound_check.png"
 MEMBERS_DIR = "members"
+# Config fields that do not change what is trained or measured.
+BOOKKEEPING_FIELDS = ("progress", "tensorboard", "log_every_steps",
+                      "keep_checkpoints", "companion")
 
 
 def tau_name(tau: float) -> str:
@@ -175,10 +178,17 @@ class Sweep:
   augment_fn: Callable[..., dict] | None
   objective: Callable[..., tuple[jax.Array, dict]]
   posteriors: np.ndarray | None
+  compiled: dict[tuple, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def bound_check(self) -> bool:
     return self.posteriors is not None
+
+  def cached(self, key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()`` once per key: sequential members share compiled steps."""
+    if key not in self.compiled:
+      self.compiled[key] = build()
+    return self.compiled[key]
 
 
 def build_sweep(config: Any) -> Sweep:
@@ -288,9 +298,11 @@ def make_evaluate_fn(sweep: Sweep, group: Sequence[common.Member], *,
   """
   config = sweep.config
   num_members = len(group) if stacked else None
-  eval_step = training.make_eval_step(
-      training.classification_eval_fn(sweep.model), num_members=num_members)
-  logits_fn = common.make_logits_fn(sweep.model, stacked=stacked)
+  eval_step = sweep.cached(("eval_step", num_members), lambda: (
+      training.make_eval_step(training.classification_eval_fn(sweep.model),
+                              num_members=num_members)))
+  logits_fn = sweep.cached(("logits_fn", stacked), lambda: (
+      common.make_logits_fn(sweep.model, stacked=stacked)))
   batch_size = int(config.eval_batch_size)
   taus = [m.hparams["tau"] for m in group]
 
@@ -338,11 +350,16 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
   config = sweep.config
   state = common.init_states(sweep.model, sweep.optimizer, group,
                              sweep.dataset.input_shape, stacked=stacked)
-  train_step = training.make_train_step(
-      sweep.objective, sweep.optimizer, augment_fn=sweep.augment_fn,
-      num_members=len(group) if stacked else None)
-  run_config = {"experiment": "loss_comparison",
-                "config": common.to_jsonable(config),
+  num_members = len(group) if stacked else None
+  train_step = sweep.cached(("train_step", num_members), lambda: (
+      training.make_train_step(sweep.objective, sweep.optimizer,
+                               augment_fn=sweep.augment_fn,
+                               num_members=num_members)))
+  # The run's identity for resuming: the config without the bookkeeping
+  # switches, so e.g. --config.progress=False may change between starts.
+  identity = {k: v for k, v in common.to_jsonable(config).items()
+              if k not in BOOKKEEPING_FIELDS}
+  run_config = {"experiment": "loss_comparison", "config": identity,
                 "members": [m.index for m in group],
                 "taus": [m.hparams["tau"] for m in group],
                 "seeds": [m.seed for m in group], "stacked": stacked}

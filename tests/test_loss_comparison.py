@@ -10,6 +10,7 @@ mean/std for the per-τ statistics.
 import json
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -110,7 +111,7 @@ def test_init_states_equal_init_train_state():
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference),
                   strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  kernels = jax.tree.leaves(stacked.params)[0]
+  kernels = [x for x in jax.tree.leaves(stacked.params) if x.ndim >= 3][0]
   np.testing.assert_array_equal(kernels[0], kernels[2])  # same seed, τ differs
   assert not np.array_equal(kernels[0], kernels[1])  # different seeds
   np.testing.assert_array_equal(stacked.hparams["tau"], [0.5, 0.5, 2.0, 2.0])
@@ -356,3 +357,45 @@ def test_synthetic_bound_holds_at_every_checkpoint(tmp_path):
       assert b == pytest.approx(_np_gamma(s, member["tau"], 4), rel=1e-7,
                                 abs=1e-12)
   assert os.path.getsize(paths["bound_plot"]) > 0
+
+
+def test_auto_mode_falls_back_to_sequential_on_out_of_memory(tmp_path,
+                                                             monkeypatch):
+  original = lib.train_group
+  calls = []
+
+  def fake_oom_when_stacked(sweep, group, workdir, *, stacked):
+    calls.append((len(group), stacked))
+    if stacked:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1 TB")
+    return original(sweep, group, workdir, stacked=stacked)
+
+  monkeypatch.setattr(lib, "train_group", fake_oom_when_stacked)
+  config = _tiny_config((0.0, 2.0), "auto")
+  config.num_epochs = 1
+  config.eval_every_epochs = 1
+  results, _ = lib.run(config, str(tmp_path), log=lambda s: None)
+  assert calls == [(2, True), (1, False), (1, False)]
+  assert results["sweep"]["mode"] == "sequential"
+  assert [m["tau"] for m in results["members"]] == [0.0, 2.0]
+
+  # Any other error propagates, and 'vmap' never falls back.
+  config.sweep_mode = "vmap"
+  with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+    lib.run(config, str(tmp_path / "vmap"), log=lambda s: None)
+
+
+def test_resume_ignores_bookkeeping_fields_but_not_the_experiment(smoke_run,
+                                                                  tmp_path):
+  config, original, first, _ = smoke_run
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(original, workdir)  # leave the shared fixture untouched
+  config = config.copy_and_resolve_references()
+  config.log_every_steps = 3  # bookkeeping only: resumes, nothing to train
+  config.progress = True
+  again, _ = lib.run(config, workdir, log=lambda s: None)
+  assert again["per_tau"] == first["per_tau"]
+  assert again["members"] == first["members"]
+  config.optimizer.learning_rate = 0.5  # a different experiment
+  with pytest.raises(ValueError, match="different config"):
+    lib.run(config, workdir, log=lambda s: None)

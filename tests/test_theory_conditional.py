@@ -233,6 +233,38 @@ def test_generic_projected_gradient_agrees_with_exact_solver():
                              atol=1e-9)
 
 
+def test_new_family_through_projection_only_matches_scipy():
+  # L2BallFamily (linear scorers with a norm bound) only defines the
+  # projection; the generic solver gives C* (global for τ ≤ 1: convex).
+  rng = np.random.default_rng(21)
+  n, m, radius = 4, 6, 1.5
+  probs = rng.dirichlet(np.ones(n), size=m)
+  taus = np.asarray([0.0, 0.5, 1.0, 0.0, 0.5, 1.0])
+  family = theory.L2BallFamily(radius)
+  got = np.asarray(theory.best_conditional_risk(probs, taus, family=family))
+  # vmap over the family's leaf works as for the box family.
+  radii = jnp.full((m,), radius)
+  vmapped = jax.vmap(lambda p, t, r: theory.best_conditional_risk(
+      p, t, family=theory.L2BallFamily(r)))(probs, taus, radii)
+  np.testing.assert_allclose(vmapped, got, rtol=1e-10)
+  for i in range(m):
+    best = np.inf
+    for _ in range(4):
+      res = optimize.minimize(
+          _np_risk_of_scores, rng.normal(size=n) * 0.3,
+          args=(probs[i], taus[i]), method="SLSQP",
+          constraints=[{"type": "ineq",
+                        "fun": lambda s: radius**2 - np.sum(s * s)}],
+          options={"ftol": 1e-15, "maxiter": 500})
+      best = min(best, float(res.fun))
+    assert got[i] == pytest.approx(best, abs=1e-6)
+    # Box ⊂ ball ⊂ all: C*(box of side r/√n) ≥ C*(ball) ≥ C*(complete).
+    assert got[i] <= float(theory.best_conditional_risk(
+        probs[i], taus[i], radius / np.sqrt(n))) + 1e-9
+    assert got[i] >= float(theory.best_conditional_risk(
+        probs[i], taus[i])) - 1e-12
+
+
 def test_predicted_class_candidates_match_scipy_constrained_minimum():
   # inf{C_τ(s, p) : s_1 ≥ s_j} by SLSQP on the simplex with q_1 ≥ q_j.
   rng = np.random.default_rng(9)

@@ -11,7 +11,8 @@ Analysis and Applications", ICML 2023 (arXiv 2304.07288).
   :func:`zero_one_conditional_regret`.
 * Hypothesis families as pytrees: :class:`CompleteFamily`,
   :class:`ScoreBoundedFamily` (exact solver :func:`solve_score_bounded` with a
-  certificate), generic :func:`projected_gradient_solve`.
+  certificate), :class:`L2BallFamily`; generic
+  :func:`projected_gradient_solve` for any family with ``project_scores``.
 * Gaps: :func:`pointwise_best_risk`, :func:`minimizability_gap`,
   :func:`deterministic_minimizability_gap`, :func:`consistency_bound_sides`.
 * Checks: :func:`bound_slack`, :func:`verify_bound`,
@@ -48,6 +49,7 @@ from compsum_jax.theory.families import (
     CompleteFamily,
     FamilySolution,
     HypothesisFamily,
+    L2BallFamily,
     ScoreBoundedFamily,
     projected_gradient_solve,
     resolve_family,
@@ -75,6 +77,7 @@ __all__ = [
     "CompleteFamily",
     "FamilySolution",
     "HypothesisFamily",
+    "L2BallFamily",
     "ScoreBoundedFamily",
     "Verification",
     "adversarial_constant",

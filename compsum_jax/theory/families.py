@@ -17,6 +17,8 @@ Families here:
   the closed form of paper notes §4.1.
 * :class:`ScoreBoundedFamily`: scores at x range over [−Λ, Λ]^n (notes §3.4,
   §4.2). C* is computed *exactly* by :func:`solve_score_bounded`.
+* :class:`L2BallFamily`: scores in an ℓ2 ball (linear scorers with a norm
+  bound); an example of a family added through ``project_scores`` only.
 
 Why the score-bounded problem can be solved exactly (derivation, checked in
 tests against SciPy multi-start). ℓ_τ depends on the scores only through
@@ -110,6 +112,33 @@ class ScoreBoundedFamily:
   def project_scores(self, scores: jax.Array) -> jax.Array:
     bound = jnp.asarray(self.score_bound, scores.dtype)[..., None]
     return jnp.clip(scores, -bound, bound)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class L2BallFamily:
+  """Scores at x range over the ℓ2 ball {s : ‖s‖₂ ≤ r}.
+
+  This is the family of linear scorers h(x, ·) = W·φ(x) with ‖W‖_F ≤ B at a
+  point with ‖φ(x)‖₂ = ρ: {W φ(x) : ‖W‖_F ≤ B} is the ball of radius r = B·ρ.
+  It has no closed form; ``best_conditional_risk`` runs the generic
+  :func:`projected_gradient_solve` (global for τ ≤ 1, where the objective is
+  convex in the scores; a stationary point, hence an upper bound, otherwise).
+
+  Attributes:
+    radius: r > 0, float or (traced) array (a pytree leaf).
+  """
+
+  radius: Any
+
+  def best_conditional_risk(self, probs: jax.Array,
+                            tau: jax.Array) -> jax.Array:
+    return projected_gradient_solve(probs, tau, self).value
+
+  def project_scores(self, scores: jax.Array) -> jax.Array:
+    radius = jnp.asarray(self.radius, scores.dtype)[..., None]
+    norm = jnp.sqrt(jnp.sum(scores * scores, axis=-1, keepdims=True))
+    return scores * jnp.minimum(1.0, radius / jnp.maximum(norm, 1e-30))
 
 
 def resolve_family(score_bound: Any = None,

@@ -31,7 +31,7 @@ CELL_TIMEOUT_S = 300
 SLOW_NOTEBOOKS: frozenset[str] = frozenset()
 INSTALL_COMMAND = '%pip install -q "compsum_jax @ git+https://github.com/'
 EXPECTED_NOTEBOOKS = ("01_comp_sum_losses.ipynb", "02_bounds_and_gaps.ipynb",
-                      "03_training_and_bounds.ipynb")
+                      "03_training_and_bounds.ipynb", "04_adversarial.ipynb")
 
 
 def _params():

@@ -80,6 +80,9 @@ class AttackStage:
       ``run_all``: robust to this attack alone).
     robust_accuracy_after: num_robust_after / number of examples.
     num_outside_threat_model: returned points outside the ball or box.
+    robust_after: per-point robustness after this stage, bool [N] (cascade:
+      robust to this and every earlier attack; ``run_all``: to this attack
+      alone); clean-misclassified points are False.
   """
   name: str
   num_attacked: int
@@ -87,6 +90,7 @@ class AttackStage:
   num_robust_after: int
   robust_accuracy_after: float
   num_outside_threat_model: int
+  robust_after: np.ndarray
 
 
 @dataclasses.dataclass
@@ -248,28 +252,6 @@ def _resolve_attacks(attacks: str | Sequence[AttackSpec],
   return out
 
 
-# Compiled preset attacks, keyed by (logits_fn, config repr): repeated
-# evaluations of the same function (e.g. single attacks and a cascade) reuse
-# them. Custom attack callables are compiled per call.
-_COMPILED: dict[tuple[Any, str], Callable[..., jax.Array]] = {}
-_COMPILED_MAX = 32
-
-
-def _jitted_attack(logits_fn: LogitsFn, attack_fn: presets.AttackFn,
-                   config: str | None) -> Callable[..., jax.Array]:
-  """jit(x, y, raw keys -> attack_fn(logits_fn, x, y, keys)), cached."""
-  cache_key = (logits_fn, config)
-  if config is not None and cache_key in _COMPILED:
-    return _COMPILED[cache_key]
-  jitted = jax.jit(lambda xb, yb, kb: attack_fn(
-      logits_fn, xb, yb, jax.random.wrap_key_data(kb)))
-  if config is not None:
-    if len(_COMPILED) >= _COMPILED_MAX:
-      _COMPILED.pop(next(iter(_COMPILED)))
-    _COMPILED[cache_key] = jitted
-  return jitted
-
-
 def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                     key: jax.Array,
                     attacks: str | Sequence[AttackSpec] = "aa_standard_like",
@@ -351,10 +333,11 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   stages = []
   gradient_based_robust = None  # robust to the gradient-based attacks so far
   num_gradient_free_only = 0
-  for index, (name, attack_fn, _, _, config) in enumerate(resolved):
+  for index, (name, attack_fn, _, _, _) in enumerate(resolved):
     todo = np.nonzero(correct if run_all else robust)[0]
     keys = _example_keys(key, name, num)
-    jitted = _jitted_attack(logits_fn, attack_fn, config)
+    jitted = jax.jit(lambda xb, yb, kb, f=attack_fn: f(
+        logits_fn, xb, yb, jax.random.wrap_key_data(kb)))
     if todo.size:
       x_att = _batched(jitted, [x_np[todo], y_np[todo], keys[todo]],
                        batch_size)
@@ -384,10 +367,14 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
         gradient_based_robust = correct.copy()
       gradient_based_robust[todo[fooled]] = False
     robust[todo[fooled]] = False
-    after = int(np.sum(correct)) - int(np.sum(fooled)) if run_all else int(
-        np.sum(robust))
+    if run_all:
+      robust_after = correct.copy()
+      robust_after[todo[fooled]] = False
+    else:
+      robust_after = robust.copy()
+    after = int(np.sum(robust_after))
     stages.append(AttackStage(name, int(todo.size), int(np.sum(fooled)),
-                              after, after / num, outside))
+                              after, after / num, outside, robust_after))
 
   if num_gradient_free_only:
     messages.append(f"gradient masking suspected: the gradient-free attack "

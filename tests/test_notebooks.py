@@ -26,6 +26,9 @@ NOTEBOOKS = sorted(COLAB_DIR.glob("*.ipynb"))
 KERNEL_NAME = "compsum-jax-test"
 # Generous per-cell limit: a smoke cell takes seconds; only a hang reaches it.
 CELL_TIMEOUT_S = 300
+# Full-size runs (slow test): a cell may train for a few minutes on a CPU.
+FULL_SIZE_CELL_TIMEOUT_S = 900
+KERNEL_STARTUP_TIMEOUT_S = 180
 # Notebooks too heavy for the default suite even in smoke mode (run with
 # `-m slow`). Keep this list empty unless a notebook cannot be made small.
 SLOW_NOTEBOOKS: frozenset[str] = frozenset()
@@ -40,13 +43,8 @@ def _params():
     yield pytest.param(path, id=path.stem, marks=marks)
 
 
-@pytest.fixture(scope="module")
-def kernel_env(tmp_path_factory):
-  """A kernelspec running ``sys.executable``, found through JUPYTER_PATH.
-
-  The kernel process inherits ``os.environ``, so the smoke switch and the
-  JUPYTER_PATH are set there for the duration of the module.
-  """
+def _install_kernel(tmp_path_factory, patch: pytest.MonkeyPatch) -> str:
+  """Writes a kernelspec running ``sys.executable``; found via JUPYTER_PATH."""
   root = tmp_path_factory.mktemp("jupyter")
   spec_dir = root / "kernels" / KERNEL_NAME
   spec_dir.mkdir(parents=True)
@@ -54,14 +52,52 @@ def kernel_env(tmp_path_factory):
                    "{connection_file}"],
           "display_name": "compsum_jax test kernel", "language": "python"}
   (spec_dir / "kernel.json").write_text(json.dumps(spec))
-  patch = pytest.MonkeyPatch()
   patch.setenv("JUPYTER_PATH", str(root))
-  patch.setenv("COMPSUM_NOTEBOOK_SMOKE", "1")
   patch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-  # No GPU probing noise and no preallocation surprises in the kernel.
+  # The default suite is CPU-only (a GPU, if any, is left alone).
   patch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
-  yield KERNEL_NAME
+  return KERNEL_NAME
+
+
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory):
+  """The test kernel, with COMPSUM_NOTEBOOK_SMOKE=1 in its environment.
+
+  The kernel process inherits ``os.environ``, so the smoke switch and the
+  JUPYTER_PATH are set there for the duration of the module.
+  """
+  patch = pytest.MonkeyPatch()
+  name = _install_kernel(tmp_path_factory, patch)
+  patch.setenv("COMPSUM_NOTEBOOK_SMOKE", "1")
+  yield name
   patch.undo()
+
+
+@pytest.fixture(scope="module")
+def full_size_kernel_env(tmp_path_factory):
+  """The test kernel without the smoke switch (full-size runs)."""
+  patch = pytest.MonkeyPatch()
+  name = _install_kernel(tmp_path_factory, patch)
+  patch.delenv("COMPSUM_NOTEBOOK_SMOKE", raising=False)
+  yield name
+  patch.undo()
+
+
+def _execute(path: pathlib.Path, kernel_name: str, timeout: int):
+  """Runs every cell of the notebook at ``path``; returns the executed copy."""
+  nb = nbformat.read(path, as_version=4)
+  client = nbclient.NotebookClient(
+      nb, kernel_name=kernel_name, timeout=timeout,
+      startup_timeout=KERNEL_STARTUP_TIMEOUT_S,
+      resources={"metadata": {"path": str(REPO_ROOT)}})
+  client.execute()
+  errors = [out for cell in nb.cells if cell.cell_type == "code"
+            for out in cell.outputs if out.output_type == "error"]
+  assert not errors, errors
+  # The install cell was skipped: the package came from this checkout.
+  install_outputs = nb.cells[1].outputs
+  assert not install_outputs, install_outputs
+  return nb
 
 
 def test_all_notebooks_present():
@@ -99,14 +135,18 @@ def test_structure(path):
 
 @pytest.mark.parametrize("path", list(_params()))
 def test_executes(path, kernel_env):
-  nb = nbformat.read(path, as_version=4)
-  client = nbclient.NotebookClient(
-      nb, kernel_name=kernel_env, timeout=CELL_TIMEOUT_S,
-      resources={"metadata": {"path": str(REPO_ROOT)}})
-  client.execute()
-  errors = [out for cell in nb.cells if cell.cell_type == "code"
-            for out in cell.outputs if out.output_type == "error"]
-  assert not errors, errors
-  # The install cell was skipped: the package came from this checkout.
-  install_outputs = nb.cells[1].outputs
-  assert not install_outputs, install_outputs
+  """Smoke size: every cell runs, including the notebook's own assertions."""
+  nb = _execute(path, kernel_env, CELL_TIMEOUT_S)
+  smoke_lines = [out.text for out in nb.cells[2].outputs
+                 if out.output_type == "stream"]
+  assert any("smoke run: True" in text for text in smoke_lines), smoke_lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_executes_full_size(path, full_size_kernel_env):
+  """Full size, as on Colab (minutes each on 2 CPU cores)."""
+  nb = _execute(path, full_size_kernel_env, FULL_SIZE_CELL_TIMEOUT_S)
+  smoke_lines = [out.text for out in nb.cells[2].outputs
+                 if out.output_type == "stream"]
+  assert any("smoke run: False" in text for text in smoke_lines), smoke_lines

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import time
 
 import jax
 import jax.numpy as jnp
@@ -399,3 +400,51 @@ def test_resume_ignores_bookkeeping_fields_but_not_the_experiment(smoke_run,
   config.optimizer.learning_rate = 0.5  # a different experiment
   with pytest.raises(ValueError, match="different config"):
     lib.run(config, workdir, log=lambda s: None)
+
+
+# ------------------------------------------------------ paper-scale presets
+
+
+def test_paper_scale_preset_fails_fast_without_prepared_data(tmp_path):
+  config = presets.get_config("cifar10")
+  config.data_dir = str(tmp_path / "empty")
+  start = time.monotonic()
+  with pytest.raises(FileNotFoundError, match="prepare"):
+    lib.run(config, str(tmp_path / "run"), log=lambda s: None)
+  assert time.monotonic() - start < 60  # no download/GCS retry loop
+
+
+def test_cifar10_preset_runs_on_mock_tfds_data(tmp_path):
+  """The tfds path, augmentation and sequential mode, on tfds mock records."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  name = "cifar10"
+  version = str(tfds.builder_cls(name).VERSION)
+  prepared = tmp_path / "tfds" / name / version
+  prepared.mkdir(parents=True)
+  (prepared / "dataset_info.json").write_text(json.dumps(
+      {"name": name, "version": version, "fileFormat": "array_record"}))
+  config = presets.get_config("cifar10")
+  assert config.sweep_mode == "sequential" and config.augment is None
+  config.data_dir = str(tmp_path / "tfds")
+  config.model.name = "cnn"
+  config.model.kwargs = {"features": (4,), "strides": (4,),
+                         "hidden_size": 0}
+  config.taus = (0.0, 1.0)
+  config.num_seeds = 1
+  config.batch_size = 16
+  config.eval_batch_size = 32
+  config.num_epochs = 1
+  config.eval_every_epochs = 1
+  config.optimizer.warmup_steps = 0
+  config.optimizer.learning_rate = 0.05  # random mock labels, 3 steps
+  config.progress = False
+  config.tensorboard = False
+  with tfds.testing.mock_data(num_examples=48):
+    results, _ = lib.run(config, str(tmp_path / "run"), log=lambda s: None)
+  assert results["sweep"]["mode"] == "sequential"
+  assert results["dataset"]["num_classes"] == 10
+  assert results["dataset"]["input_shape"] == [32, 32, 3]
+  assert [m["tau"] for m in results["members"]] == [0.0, 1.0]
+  for m in results["members"]:
+    assert 0.0 <= m["final"]["test_accuracy"] <= 1.0
+    assert math.isfinite(m["final"]["train_loss"])

@@ -39,6 +39,26 @@ check, the config), ``results.md`` (the table), ``accuracy_vs_tau.png``,
 ``training_curves.png`` and, with the bound check, ``bound_check.png``.
 ``results.json`` holds no timings or absolute paths, so a resumed run writes
 the same file as an uninterrupted one; timings go to ``timing.json``.
+
+results.json fields:
+  experiment: 'loss_comparison'; config: the full config.
+  dataset: name, num_classes, input_shape, num_train, num_test, label_noise
+    {kind, rate} (or null), fraction_train_labels_flipped.
+  sweep: mode ('vmap' or 'sequential', as actually run), num_members, taus,
+    num_seeds, seeds, steps_per_epoch, total_steps, num_epochs, std (how the
+    standard deviations are computed).
+  per_tau: one entry per τ: tau, loss (name), num_seeds and {mean, std} over
+    seeds (final evaluation) of test_accuracy (clean test labels),
+    final_surrogate_loss (ℓ_τ on the training labels), test_surrogate_loss
+    (ℓ_τ on the test set), test_cross_entropy, train_accuracy.
+  members: one entry per member: index, tau, seed, seed_index, final {field:
+    value} and history {epoch, step, field: [value per evaluation]} with the
+    fields of HISTORY_FIELDS.
+  bound_check: {applicable: false, reason} or {applicable: true, statement,
+    tolerance, num_checks, num_violations, holds, min_slack, per_tau: [{tau,
+    num_checks, num_violations, min_slack, final_zero_one_excess,
+    final_surrogate_excess, final_bound}]} (finals are means over seeds).
+  files: the table and plots, relative to the workdir.
 """
 
 from __future__ import annotations

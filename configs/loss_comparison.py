@@ -37,10 +37,11 @@ index), and compared on clean test labels. Presets (``get_config(arg)``):
         --config=configs/loss_comparison.py:cifar10 --workdir=runs/cifar10
 
   Expected runtime and accuracy: NOT MEASURED yet (no accelerator run has been
-  made); each preset's docstring in ``_PAPER_SCALE`` gives the estimate that
-  is known. These presets train members one after another
-  (``sweep_mode='sequential'``): 15 vmapped ResNets with batch 1024 do not fit
-  in one accelerator's memory.
+  made; ``get_config``'s docstring lists the step counts). These presets
+  train members one after another (``sweep_mode='sequential'``): 15 vmapped
+  ResNets at batch 1024 would need 15× one member's activation memory, which
+  we expect (not measured) to exceed one accelerator; try
+  ``--config.sweep_mode=auto`` to attempt the vmapped sweep with fallback.
 
 Any field can be overridden on the command line, e.g.
 ``--config.taus=0,1,2 --config.label_noise.rate=0.4 --config.num_seeds=1``.
@@ -69,8 +70,8 @@ Fields (primitives only):
     dataset's default.
   sweep_mode: 'vmap' (all τ × seed members in one compiled call of the
     train step's K-member mode), 'sequential' (one member after another) or
-    'auto' (vmap; falls back to sequential if the vmapped step runs out of
-    memory).
+    'auto' (the default: vmap, falling back to sequential if the vmapped
+    step runs out of memory).
   bound_check: None (on exactly when posteriors are known, i.e. synthetic),
     True or False.
   companion: '' or the name of a preset run after this one in
@@ -121,7 +122,7 @@ def _base() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 5
   c.augment = ml_collections.config_dict.placeholder(bool)
   c.augment_flip = True
-  c.sweep_mode = "vmap"
+  c.sweep_mode = "auto"  # vmap where it fits in memory, else sequential
   c.bound_check = ml_collections.config_dict.placeholder(bool)
   c.companion = ""
   c.keep_checkpoints = 2

@@ -15,6 +15,11 @@ seed index (seed ``config.seed + s``). All members go through THE train step
 * ``sweep_mode='auto'``: vmap, falling back to sequential when the vmapped
   step runs out of device memory.
 
+A member whose loss or gradient becomes NaN/Inf stops its whole group (the
+non-finite stop of ``fit``; in 'vmap' mode that is the whole sweep) with a
+message naming the diverged τ and seed; ℓ_0 is the usual culprit, hence the
+gradient clip in the presets.
+
 Each group of members is a :func:`compsum_jax.training.fit` run in
 ``<workdir>/members/<first>-<last>`` (checkpoints, resume, metrics.jsonl).
 Evaluation (every ``eval_every_epochs`` epochs and at the end) measures, per

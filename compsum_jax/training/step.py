@@ -30,9 +30,12 @@ Vmapped members. With ``num_members=K`` every state leaf has a leading axis of
 size K; the single-member step is ``jax.vmap``-ed over it (same batch for all
 members, per-member params, optimizer state, rng and hparams) in one compiled
 call. Member k's result equals the single step run on member k alone.
-``member_strategy='map'`` runs the members one after another inside the same
-compiled call instead (``jax.lax.map``): for conv nets on XLA:CPU, where
-batched per-member convolutions are slow (see ``make_train_step``).
+Performance caveat (measured, benchmarks/results/train_step.md): on XLA:CPU a
+convolution vmapped over per-member kernels becomes a grouped convolution that
+runs several times slower than K separate convolutions, so for conv nets on
+CPU K separate single-member steps are faster than the vmapped step; dense
+layers (MLP) batch well. A ``jax.lax.map`` over members inside the step was
+slower still on CPU and is not offered.
 
 Randomness. The step key is ``fold_in(state.rng, state.step)``, split into a
 key for the augmentation hook and one for the objective; nothing depends on
@@ -151,7 +154,6 @@ def make_train_step(objective: Objective,
                     mesh: jax.sharding.Mesh | None = None,
                     num_members: int | None = None,
                     augment_fn: AugmentFn | None = None,
-                    member_strategy: str = "vmap",
                     donate: bool = True,
                     jit: bool = True
                     ) -> Callable[[TrainState, Batch],
@@ -178,13 +180,6 @@ def make_train_step(objective: Objective,
       applied inside the compiled step before the objective (e.g. random
       crop + flip via ``compsum_jax.data.augment_images``); each member gets
       its own key.
-    member_strategy: how K members run inside the one compiled call:
-      'vmap' (default) batches them (best on GPU/TPU, and for dense layers);
-      'map' runs them one after another with ``jax.lax.map`` (same results).
-      'map' exists for convolutional nets on XLA:CPU, where a vmapped
-      convolution with per-member kernels becomes a grouped convolution that
-      XLA:CPU expands to a dense one with K× the FLOPs (see
-      benchmarks/results/train_step.md).
     donate: donate the input state's buffers to the output (the caller must
       not use the old state afterwards).
     jit: compile (default). ``jit=False`` returns the plain function (for
@@ -204,9 +199,6 @@ def make_train_step(objective: Objective,
                                   num_members < 1):
     raise ValueError(f"num_members must be None or an integer >= 1, got "
                      f"num_members={num_members!r}")
-  if member_strategy not in ("vmap", "map"):
-    raise ValueError(f"member_strategy must be 'vmap' or 'map', got "
-                     f"member_strategy={member_strategy!r}")
   if mesh is not None:
     _check_mesh(mesh)
 
@@ -248,11 +240,8 @@ def make_train_step(objective: Objective,
     return new_state, metrics
 
   step_fn = single_step
-  if num_members is not None and member_strategy == "vmap":
+  if num_members is not None:
     step_fn = jax.vmap(single_step, in_axes=(0, None))
-  elif num_members is not None:
-    step_fn = lambda state, batch: jax.lax.map(
-        lambda member: single_step(member, batch), state)
 
   def checked_step(state: TrainState, batch: Batch):
     if num_members is not None:

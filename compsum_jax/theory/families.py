@@ -261,9 +261,12 @@ def _frank_wolfe_gap(scores: jax.Array, probs: jax.Array, tau: jax.Array,
                      bound: jax.Array) -> jax.Array:
   """max_{v∈P} ⟨∇F(q), q − v⟩, F(q) = Σ p_y ψ(q_y), q = softmax(s) (n-vector)."""
   n = probs.shape[-1]
-  q = jax.nn.softmax(scores)
-  # ∇F(q)_y = p_y ψ'(q_y) = −p_y q_y^{τ−2}
-  grad = -jnp.where(probs > 0, probs * jnp.exp((tau - 2.0) * jnp.log(q)), 0.0)
+  log_q = jax.nn.log_softmax(scores)
+  q = jnp.exp(log_q)
+  # ∇F(q)_y = p_y ψ'(q_y) = −p_y q_y^{τ−2}; clamped so that an overflow gives
+  # a huge (useless but valid) gap instead of NaN.
+  grad = -jnp.where(probs > 0, probs * jnp.exp((tau - 2.0) * log_q), 0.0)
+  grad = jnp.maximum(grad, -0.25 * jnp.finfo(grad.dtype).max / n)
   g_sorted = jnp.sort(grad)
   prefix = jnp.concatenate([jnp.zeros((1,), grad.dtype), jnp.cumsum(g_sorted)])
   total = prefix[-1]
@@ -272,6 +275,8 @@ def _frank_wolfe_gap(scores: jax.Array, probs: jax.Array, tau: jax.Array,
   # Vertex with the k smallest gradients at R·m, others at m, m = 1/(kR+n−k):
   # ⟨g, v⟩ = (Σ_top g + (Σ_rest g)/R)/(k + (n − k)/R).
   lin = (prefix + (total - prefix) * inv_r) / (k + (n - k) * inv_r)
+  # k = 0 is the uniform point (0/0 above when e^{−2Λ} underflows).
+  lin = lin.at[0].set(total / n)
   return jnp.sum(grad * q) - jnp.min(lin)
 
 

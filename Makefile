@@ -8,7 +8,7 @@ WORKDIR ?= runs/demo
 # CPU wheels only: jax from PyPI is CPU-only unless a cuda extra is asked for.
 PIP_INSTALL := $(PIP) install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test install install-test lint bench clean
+.PHONY: demo test test-slow install install-test install-bench lint clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ test: install-test
 
 test-slow: install-test
 	$(PY) -m pytest -m slow -q tests
+
+# PyTorch (CPU wheel) and torchattacks, only for the side-by-side benchmarks in
+# benchmarks/. torchattacks is installed without its dependencies: its
+# torchvision requirement does not import beside the CPU torch wheel and is not
+# needed by the attacks used.
+install-bench: install-test
+	$(PIP) install --disable-pip-version-check -q torch==2.13.0
+	$(PIP) install --disable-pip-version-check -q --no-deps torchattacks==3.5.1
 
 lint: install-test
 	$(PY) -m ruff check compsum_jax experiments configs tests benchmarks tools

@@ -76,6 +76,13 @@ def test_bad_config_names_the_field(field, value, pattern):
     lib.validate_config(config)
 
 
+def test_unknown_dataset_option_names_the_field():
+  config = presets.get_config("synthetic_smoke")
+  config.dataset_kwargs.num_clases = 3  # typo
+  with pytest.raises(ValueError, match="num_clases"):
+    lib.build_sweep(config)
+
+
 def test_bound_check_needs_known_posteriors():
   config = presets.get_config("smoke")
   config.bound_check = True

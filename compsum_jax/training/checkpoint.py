@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from compsum_jax.training.metrics import to_jsonable
 from compsum_jax.training.state import TrainState
 
 
@@ -112,8 +113,8 @@ class CheckpointStore:
     """
     step = int(np.max(jax.device_get(state.step)))
     meta = {"step": step, "epoch": int(epoch),
-            "metrics": _jsonable(dict(metrics or {})),
-            **_jsonable(dict(extra or {}))}
+            "metrics": to_jsonable(dict(metrics or {})),
+            **to_jsonable(dict(extra or {}))}
     ranked = None
     if metrics and self.best_metric in metrics:
       ranked = {self.best_metric: meta["metrics"][self.best_metric]}
@@ -166,14 +167,3 @@ class CheckpointStore:
     self._manager.wait_until_finished()
     self._manager.close()
 
-
-def _jsonable(value: Any) -> Any:
-  """NumPy/JAX scalars and arrays → Python floats/ints/lists, recursively."""
-  if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
-    arr = np.asarray(value)
-    return arr.item() if arr.ndim == 0 else arr.tolist()
-  return value

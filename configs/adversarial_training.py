@@ -182,6 +182,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.kwargs.features = (8, 16)
     c.model.kwargs.hidden_size = 16
     c.validation_size = 128
+    c.adv_comp_sum.taus = (1.0,)
     c.num_epochs = 2
     c.batch_size = 128
     c.train_attack.num_steps = 2

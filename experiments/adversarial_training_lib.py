@@ -271,6 +271,55 @@ def build_eval_attack(spec: Mapping[str, Any]) -> attacks.presets.AttackFn:
                                          if v is not None})
 
 
+# --- compiled steps, shared by runs with the same program ---------------------
+#
+# Runs that differ only in seed or in hparams (τ, ν, ρ, β are traced state
+# fields) compile to the same programs; building the jitted steps once per
+# distinct key avoids recompiling them for every run of a sweep.
+
+_STEP_CACHE: dict[Any, Any] = {}
+
+
+def _freeze(value: Any) -> Any:
+  """Hashable version of nested config primitives."""
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+  if isinstance(value, (list, tuple)):
+    return tuple(_freeze(v) for v in value)
+  return value
+
+
+def cached_train_step(model: nn.Module, method: str,
+                      attack: Mapping[str, Any], optimizer_config: Any,
+                      total_steps: int, ema_decay: float, augment_fn: Any,
+                      augment_key: Any):
+  """(optimizer, train step) of a method, built once per distinct program."""
+  key = ("train", model, method, _freeze(attack), _freeze(optimizer_config),
+         int(total_steps), float(ema_decay), augment_key)
+  if key not in _STEP_CACHE:
+    optimizer = training.make_optimizer(_as_dict(optimizer_config),
+                                        total_steps)
+    step = training.make_train_step(make_objective(model, method, attack),
+                                    optimizer, ema_decay=ema_decay,
+                                    augment_fn=augment_fn)
+    _STEP_CACHE[key] = (optimizer, step)
+  return _STEP_CACHE[key]
+
+
+def cached_eval_step(model: nn.Module, specs: Mapping[str, Any],
+                     use_ema: bool):
+  """Robust eval step for named attack specs, built once per program."""
+  key = ("eval", model, _freeze(specs), bool(use_ema))
+  if key not in _STEP_CACHE:
+    attack_fns = {name: build_eval_attack(spec)
+                  for name, spec in _as_dict(specs).items()}
+    _STEP_CACHE[key] = training.make_eval_step(
+        make_robust_eval_fn(model, attack_fns), use_ema=use_ema)
+  return _STEP_CACHE[key]
+
+
 # --- config checks ------------------------------------------------------------
 
 
@@ -447,20 +496,18 @@ def train_and_evaluate(config: Any, method: str, tau: float | None, seed: int,
   num_epochs = int(config.num_epochs)
   total_steps = steps_per_epoch * num_epochs
   opt_cfg = _as_dict(config.optimizer)
-  optimizer = training.make_optimizer(opt_cfg, total_steps)
   ema_decay = float(config.ema_decay)
+  augment_fn = _augment_fn(config, ds)
+  optimizer, train_step = cached_train_step(
+      model, method, train_attack_overrides(method, config), opt_cfg,
+      total_steps, ema_decay, augment_fn,
+      (augment_fn is not None, bool(config.augment_flip)))
   state = training.init_train_state(
       model, optimizer, rng=seed, input_shape=ds.input_shape,
       hparams=method_hparams(method, config, tau), ema=ema_decay > 0)
-  objective = make_objective(model, method,
-                             train_attack_overrides(method, config))
-  train_step = training.make_train_step(objective, optimizer,
-                                        ema_decay=ema_decay,
-                                        augment_fn=_augment_fn(config, ds))
   use_ema = ema_decay > 0
-  val_attack = build_eval_attack(config.validation_attack)
-  val_step = training.make_eval_step(
-      make_robust_eval_fn(model, {"val": val_attack}), use_ema=use_ema)
+  val_step = cached_eval_step(model, {"val": config.validation_attack},
+                              use_ema)
   eval_bs = int(config.eval_batch_size)
 
   def evaluate_fn(state, epochs_done):
@@ -521,10 +568,8 @@ def evaluate_test(config: Any, model: nn.Module, state: training.TrainState,
   params = state.ema_params if use_ema else state.params
   test = _subset(ds.test, config.num_test_examples)
   eval_bs = int(config.eval_batch_size)
-  attack_fns = {name: build_eval_attack(spec)
-                for name, spec in _as_dict(config.test_attacks).items()}
-  eval_step = training.make_eval_step(make_robust_eval_fn(model, attack_fns),
-                                      use_ema=use_ema)
+  names = list(_as_dict(config.test_attacks))
+  eval_step = cached_eval_step(model, config.test_attacks, use_ema)
   start = time.perf_counter()
   out = training.evaluate(eval_step, state, data.eval_batches(test, eval_bs),
                           rng=seed + 2)
@@ -532,7 +577,7 @@ def evaluate_test(config: Any, model: nn.Module, state: training.TrainState,
       "num_test_examples": int(out["count"]),
       "clean_accuracy": float(out["correct"]),
   }
-  for name in attack_fns:
+  for name in names:
     record[f"robust_{name}"] = float(out[f"robust_{name}"])
   if config.cascade:
     logits_fn = inference_logits_fn(model, params, state.batch_stats)

@@ -1,0 +1,170 @@
+r"""CPU benchmark: time per epoch of adversarial training vs standard training.
+
+Every method is the experiment's objective (``experiments/
+adversarial_training_lib.make_objective``) inside the one train step
+(``compsum_jax.training.make_train_step``), timed in the same process on the
+same data, model and batch size: standard (plain CE), PGD-AT, TRADES and
+ADV-COMP-SUM, each with a ``--attack-steps``-step inner attack. Compilation is
+excluded (one warm-up step); each timing is the median over ``--repeats`` of
+``--steps`` steps, and the epoch time is extrapolated to ``--epoch-size``
+examples. Ratios are against standard training measured in the same run.
+
+Run by hand (not part of the tests)::
+
+  .venv/bin/python benchmarks/adversarial.py --out benchmarks/results/adversarial.md
+
+The report (markdown) records the machine (CPU model, cores, load average,
+versions) because timings on a shared machine vary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from compsum_jax import models, training  # noqa: E402
+from experiments import adversarial_training_lib as lib  # noqa: E402
+
+METHOD_HPARAMS = {
+    "standard": {"tau": 1.0},
+    "pgd_at": {},
+    "trades": {"beta": 6.0},
+    "adv_comp_sum": {"tau": 1.0, "nu": 1.0, "rho": 1.0},
+}
+
+GPU_MARKER = "<!-- GPU section: written by benchmarks/gpu_adversarial_step.py -->"
+
+
+def cpu_description() -> str:
+  """CPU model name, logical cores, load average."""
+  model = platform.processor() or "unknown CPU"
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+  return (f"{model}; {os.cpu_count()} logical cores visible; load average "
+          f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
+
+
+def time_method(method: str, model, images: np.ndarray, labels: np.ndarray,
+                args: argparse.Namespace) -> tuple[float, float]:
+  """Median seconds per step and compile seconds of one method."""
+  opt = training.make_optimizer(
+      {"name": "sgd", "learning_rate": 0.01, "weight_decay": 5e-4}, 1000)
+  state = training.init_train_state(model, opt, rng=0,
+                                    input_shape=images.shape[1:],
+                                    hparams=METHOD_HPARAMS[method])
+  attack = {"eps": 8 / 255, "step_size": 2 / 255,
+            "num_steps": args.attack_steps}
+  step = training.make_train_step(lib.make_objective(model, method, attack),
+                                  opt)
+  b = args.batch_size
+  batches = [{"image": images[i * b:(i + 1) * b],
+              "label": labels[i * b:(i + 1) * b]}
+             for i in range(len(images) // b)]
+  start = time.perf_counter()
+  state, metrics = step(state, batches[0])
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - start
+  per_step = []
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    for i in range(args.steps):
+      state, metrics = step(state, batches[i % len(batches)])
+    jax.block_until_ready((state, metrics))
+    per_step.append((time.perf_counter() - start) / args.steps)
+  return statistics.median(per_step), compile_s
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--image-size", type=int, default=32)
+  parser.add_argument("--channels", type=int, default=3)
+  parser.add_argument("--attack-steps", type=int, default=10)
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--epoch-size", type=int, default=50_000)
+  parser.add_argument("--methods", default="standard,pgd_at,trades,"
+                      "adv_comp_sum")
+  parser.add_argument("--out", default=None,
+                      help="markdown file to write (keeps its GPU section)")
+  args = parser.parse_args()
+
+  rng = np.random.default_rng(0)
+  n = args.batch_size * 4
+  images = rng.uniform(size=(n, args.image_size, args.image_size,
+                             args.channels)).astype(np.float32)
+  labels = rng.integers(0, 10, size=n).astype(np.int32)
+  model = models.get_model("cnn", 10, features=(32, 64, 128),
+                           strides=(1, 2, 2), hidden_size=128,
+                           use_batch_norm=True)
+  machine = cpu_description()
+  rows = []
+  for method in args.methods.split(","):
+    per_step, compile_s = time_method(method, model, images, labels, args)
+    rows.append((method, per_step, compile_s))
+    print(f"{method}: {per_step * 1e3:.1f} ms/step (compile {compile_s:.1f}"
+          " s)", flush=True)
+  base = dict((m, s) for m, s, _ in rows).get("standard")
+  steps_per_epoch = args.epoch_size // args.batch_size
+  lines = [
+      "# Adversarial training: time per epoch relative to standard training",
+      "",
+      "Measured by `benchmarks/adversarial.py` (CPU, the experiment's "
+      "objectives in the one train step).",
+      "",
+      f"- machine: {machine}",
+      f"- software: python {platform.python_version()}, jax {jax.__version__}"
+      f", backend {jax.default_backend()}",
+      f"- model: strided CNN (32, 64, 128) with batch norm; input "
+      f"{args.image_size}×{args.image_size}×{args.channels} random images; "
+      f"batch {args.batch_size}; inner attack {args.attack_steps} PGD steps "
+      f"(ε 8/255, step 2/255); median of {args.repeats}×{args.steps} steps "
+      f"after one warm-up (compile) step; epoch = {args.epoch_size} examples "
+      f"({steps_per_epoch} steps).",
+      "",
+      "| method | ms / step | s / epoch (extrapolated) | × standard | "
+      "compile (s) |",
+      "|---|---|---|---|---|",
+  ]
+  for method, per_step, compile_s in rows:
+    ratio = f"{per_step / base:.2f}" if base else "–"
+    lines.append(f"| {method} | {per_step * 1e3:.1f} | "
+                 f"{per_step * steps_per_epoch:.1f} | {ratio} | "
+                 f"{compile_s:.1f} |")
+  lines += ["", "Expected ratio from FLOPs: a k-step attack costs k "
+            "forward+backward passes to the input and the training passes "
+            "cost 1 (standard, PGD-AT) or 2 (TRADES, ADV-COMP-SUM), so about "
+            f"{args.attack_steps + 1}× for PGD-AT and "
+            f"{args.attack_steps + 2}× for TRADES / ADV-COMP-SUM (an input "
+            "gradient is somewhat cheaper than a parameter gradient, so the "
+            "measured ratios may be lower)."]
+  report = "\n".join(lines) + "\n"
+  print(report)
+  if args.out:
+    gpu = ""
+    if os.path.exists(args.out):
+      old = open(args.out, encoding="utf-8").read()
+      if GPU_MARKER in old:
+        gpu = old[old.index(GPU_MARKER):]
+    with open(args.out, "w", encoding="utf-8") as f:
+      f.write(report + "\n" + (gpu or GPU_MARKER + "\n"))
+
+
+if __name__ == "__main__":
+  main()

@@ -30,8 +30,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  results = lib.run_experiment(_CONFIG.value, _WORKDIR.value)
-  logging.info("wrote %s/%s", _WORKDIR.value, lib.RESULTS_MD)
+  # Orbax logs every checkpoint operation at INFO; keep the console readable.
+  logging.set_verbosity(logging.WARNING)
+  results = lib.run_experiment(_CONFIG.value, _WORKDIR.value,
+                               log=lambda line: print(line, flush=True))
+  print(f"wrote {_WORKDIR.value}/{lib.RESULTS_MD}")
   print(lib.results_markdown(results, _CONFIG.value))
 
 

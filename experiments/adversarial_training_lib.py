@@ -601,8 +601,15 @@ def evaluate_test(config: Any, model: nn.Module, state: training.TrainState,
 # --- the experiment -----------------------------------------------------------
 
 
-def run_experiment(config: Any, workdir: str) -> dict[str, Any]:
+def run_experiment(config: Any, workdir: str,
+                   log: Callable[[str], None] | None = None
+                   ) -> dict[str, Any]:
   """Every (method, τ, seed) run, then results.json, results.md and the plot.
+
+  Args:
+    config: the experiment config (``configs/adversarial_training.py``).
+    workdir: output directory (one sub-directory per run).
+    log: called with a one-line summary after each run (e.g. ``print``).
 
   Returns:
     The results dict written to ``results.json``.
@@ -610,10 +617,17 @@ def run_experiment(config: Any, workdir: str) -> dict[str, Any]:
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
   runs = []
-  for method, tau, seed in runs_of(config):
-    runs.append(train_and_evaluate(config, method, tau, seed,
-                                   os.path.join(workdir,
-                                                run_name(method, tau, seed))))
+  todo = runs_of(config)
+  for i, (method, tau, seed) in enumerate(todo):
+    start = time.perf_counter()
+    run = train_and_evaluate(config, method, tau, seed,
+                             os.path.join(workdir, run_name(method, tau, seed)))
+    runs.append(run)
+    if log is not None:
+      scores = " ".join(f"{k}={run[k]:.3f}" for k in _test_columns(config)
+                        if k in run)
+      log(f"[{i + 1}/{len(todo)}] {run_name(method, tau, seed)}: "
+          f"{run['status']} {scores} ({time.perf_counter() - start:.0f} s)")
   results = {"config": training.metrics.to_jsonable(config), "runs": runs,
              "summary": summarize(runs, _test_columns(config))}
   _write_json(os.path.join(workdir, RESULTS_JSON), results)

@@ -427,3 +427,20 @@ def test_eval_step_needs_mask():
   eval_step = training.make_eval_step(training.classification_eval_fn(model))
   with pytest.raises(ValueError, match="mask"):
     training.evaluate(eval_step, state, [_batch(np.random.RandomState(0))])
+
+
+def test_init_train_state_equals_manual_init():
+  # init_train_state = split the key, model.init on zeros, create_train_state.
+  model = TinyBatchNormNet()
+  optimizer = training.make_optimizer(
+      {"name": "adamw", "learning_rate": 0.1}, 10)
+  got = training.init_train_state(model, optimizer, rng=11, input_shape=(6,),
+                                  hparams={"tau": 0.3}, ema=True)
+  init_key, state_key = jax.random.split(jax.random.key(11))
+  variables = model.init(init_key, jnp.zeros((1, 6)), train=False)
+  want = training.create_train_state(
+      variables["params"], optimizer, rng=state_key,
+      batch_stats=variables["batch_stats"], hparams={"tau": 0.3}, ema=True)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert jax.tree.structure(got) == jax.tree.structure(want)

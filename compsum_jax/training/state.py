@@ -12,6 +12,7 @@ layout) so checkpoints stay plain arrays; typed keys are converted on entry.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -69,10 +70,10 @@ def key_data(rng: jax.Array | int) -> jax.Array:
 def _as_hparams(hparams: Mapping[str, Any] | None) -> dict[str, jax.Array]:
   out = {}
   for name, value in (hparams or {}).items():
-    arr = jnp.asarray(value, dtype=jnp.float32)
-    if not bool(jnp.all(jnp.isfinite(arr))):
+    arr = np.asarray(jax.device_get(value), dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
       raise ValueError(f"hparams[{name!r}] must be finite, got {value!r}")
-    out[str(name)] = arr
+    out[str(name)] = jnp.asarray(arr)
   return out
 
 
@@ -106,6 +107,29 @@ def create_train_state(params: PyTree, optimizer: optax.GradientTransformation,
       hparams=_as_hparams(hparams))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _init_state(model: nn.Module, optimizer: optax.GradientTransformation,
+                input_shape: tuple[int, ...], ema: bool, rng: jax.Array,
+                hparams: dict[str, jax.Array]) -> TrainState:
+  """The whole initial state as ONE compiled call per (model, optimizer,
+  input_shape, ema) (Flax modules hash by their attributes), so K members
+  cost one compilation, not K, and no eager op compiles on its own."""
+  init_key, state_key = jax.random.split(jax.random.wrap_key_data(rng))
+  variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32),
+                         train=False)
+  unknown = set(variables) - {"params", "batch_stats"}
+  if unknown:
+    raise ValueError(f"model has variable collections {sorted(unknown)} that "
+                     "TrainState does not hold (only 'params', 'batch_stats')")
+  params = variables["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=optimizer.init(params),
+      ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+      rng=jax.random.key_data(state_key), hparams=hparams)
+
+
 def init_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
                      *, rng: jax.Array | int, input_shape: Sequence[int],
                      hparams: Mapping[str, Any] | None = None,
@@ -113,21 +137,12 @@ def init_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
   """Initialises ``model`` on a zero input of shape [1, *input_shape].
 
   ``rng`` is split in two: one key for ``model.init`` and one that becomes
-  ``state.rng`` (the base of the per-step keys).
+  ``state.rng`` (the base of the per-step keys). The state equals
+  ``create_train_state(variables['params'], optimizer, rng=state_key,
+  batch_stats=variables.get('batch_stats'), hparams=hparams, ema=ema)``.
   """
-  init_key, state_key = jax.random.split(
-      jax.random.wrap_key_data(key_data(rng)))
-  dummy = jnp.zeros((1, *input_shape), jnp.float32)
-  # One compiled init instead of many small eager ops (same values).
-  variables = jax.jit(lambda key: model.init(key, dummy, train=False))(
-      init_key)
-  unknown = set(variables) - {"params", "batch_stats"}
-  if unknown:
-    raise ValueError(f"model has variable collections {sorted(unknown)} that "
-                     "TrainState does not hold (only 'params', 'batch_stats')")
-  return create_train_state(variables["params"], optimizer, rng=state_key,
-                            batch_stats=variables.get("batch_stats"),
-                            hparams=hparams, ema=ema)
+  return _init_state(model, optimizer, tuple(int(d) for d in input_shape),
+                     bool(ema), key_data(rng), _as_hparams(hparams))
 
 
 def init_member_states(model: nn.Module,
@@ -173,7 +188,13 @@ def stack_states(states: Sequence[TrainState]) -> TrainState:
   """Stacks K single states into one with a leading member axis of size K."""
   if not states:
     raise ValueError("stack_states needs at least one state, got none")
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  return _stack_trees(*states)
+
+
+@jax.jit
+def _stack_trees(*trees: PyTree) -> PyTree:
+  # One compiled call for all leaves (eager jnp.stack compiles per leaf).
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def unstack_states(state: TrainState) -> list[TrainState]:

@@ -60,9 +60,9 @@ def cpu_description() -> str:
           f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
 
 
-def time_method(method: str, model, images: np.ndarray, labels: np.ndarray,
-                args: argparse.Namespace) -> tuple[float, float]:
-  """Median seconds per step and compile seconds of one method."""
+def build_method(method: str, model, images: np.ndarray, labels: np.ndarray,
+                 args: argparse.Namespace):
+  """Compiled step, initial state, batches and compile seconds of a method."""
   opt = training.make_optimizer(
       {"name": "sgd", "learning_rate": 0.01, "weight_decay": 5e-4}, 1000)
   state = training.init_train_state(model, opt, rng=0,
@@ -79,15 +79,16 @@ def time_method(method: str, model, images: np.ndarray, labels: np.ndarray,
   start = time.perf_counter()
   state, metrics = step(state, batches[0])
   jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - start
-  per_step = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    for i in range(args.steps):
-      state, metrics = step(state, batches[i % len(batches)])
-    jax.block_until_ready((state, metrics))
-    per_step.append((time.perf_counter() - start) / args.steps)
-  return statistics.median(per_step), compile_s
+  return step, state, batches, time.perf_counter() - start
+
+
+def time_steps(step, state, batches, num_steps: int):
+  """(new state, seconds per step) over ``num_steps`` steps."""
+  start = time.perf_counter()
+  for i in range(num_steps):
+    state, metrics = step(state, batches[i % len(batches)])
+  jax.block_until_ready((state, metrics))
+  return state, (time.perf_counter() - start) / num_steps
 
 
 def main() -> None:
@@ -113,13 +114,24 @@ def main() -> None:
   model = models.get_model("cnn", 10, features=(32, 64, 128),
                            strides=(1, 2, 2), hidden_size=128,
                            use_batch_norm=True)
-  machine = cpu_description()
+  machine_before = cpu_description()
+  methods = args.methods.split(",")
+  built = {m: build_method(m, model, images, labels, args) for m in methods}
+  states = {m: built[m][1] for m in methods}
+  times: dict[str, list[float]] = {m: [] for m in methods}
+  # Round-robin over methods, so that a change in the machine's load during
+  # the run affects every method alike.
+  for _ in range(args.repeats):
+    for m in methods:
+      states[m], per_step = time_steps(built[m][0], states[m], built[m][2],
+                                       args.steps)
+      times[m].append(per_step)
   rows = []
-  for method in args.methods.split(","):
-    per_step, compile_s = time_method(method, model, images, labels, args)
-    rows.append((method, per_step, compile_s))
-    print(f"{method}: {per_step * 1e3:.1f} ms/step (compile {compile_s:.1f}"
-          " s)", flush=True)
+  for m in methods:
+    per_step = statistics.median(times[m])
+    rows.append((m, per_step, built[m][3]))
+    print(f"{m}: {per_step * 1e3:.1f} ms/step (compile {built[m][3]:.1f} s)",
+          flush=True)
   base = dict((m, s) for m, s, _ in rows).get("standard")
   steps_per_epoch = args.epoch_size // args.batch_size
   lines = [
@@ -128,14 +140,15 @@ def main() -> None:
       "Measured by `benchmarks/adversarial.py` (CPU, the experiment's "
       "objectives in the one train step).",
       "",
-      f"- machine: {machine}",
+      f"- machine at start: {machine_before}",
+      f"- machine at end: {cpu_description()}",
       f"- software: python {platform.python_version()}, jax {jax.__version__}"
       f", backend {jax.default_backend()}",
       f"- model: strided CNN (32, 64, 128) with batch norm; input "
       f"{args.image_size}×{args.image_size}×{args.channels} random images; "
       f"batch {args.batch_size}; inner attack {args.attack_steps} PGD steps "
-      f"(ε 8/255, step 2/255); median of {args.repeats}×{args.steps} steps "
-      f"after one warm-up (compile) step; epoch = {args.epoch_size} examples "
+      f"(ε 8/255, step 2/255); median of {args.repeats} round-robin "
+      f"repeats of {args.steps} steps after one warm-up (compile) step; epoch = {args.epoch_size} examples "
       f"({steps_per_epoch} steps).",
       "",
       "| method | ms / step | s / epoch (extrapolated) | × standard | "

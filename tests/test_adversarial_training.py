@@ -34,7 +34,10 @@ def _init(model, seed=0):
   return variables["params"], stats
 
 
-@pytest.mark.parametrize("method", ["adv_comp_sum", "trades", "pgd_at"])
+@pytest.mark.parametrize("method", [
+    "adv_comp_sum", "pgd_at",
+    # Same two-pass code path as adv_comp_sum; kept out of the default run.
+    pytest.param("trades", marks=pytest.mark.slow)])
 def test_objective_attacks_in_eval_mode_then_trains_clean_then_adversarial(
     method):
   """Spec of the BN choice written directly with flax and the attacks room.
@@ -158,6 +161,7 @@ def test_make_objective_rejects_unknown_method():
     lib.make_objective(_bn_model(), "madry", ATTACK)
 
 
+@pytest.mark.slow
 def test_vmapped_members_train_like_single_runs():
   """A τ grid as vmapped members equals separate single-member runs."""
   model = models.get_model("mlp", 10, hidden_sizes=(16,))

@@ -42,7 +42,7 @@ install-bench: install-test
 	$(PIP) install --disable-pip-version-check -q --no-deps torchattacks==3.5.1
 
 lint: install-test
-	$(PY) -m ruff check compsum_jax experiments configs tests benchmarks tools
+	$(PY) -m ruff check compsum_jax experiments configs tests benchmarks tools colab
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -20,24 +20,11 @@ import math
 import jax
 import jax.numpy as jnp
 
+# g(x) = expm1(x)/x, shared with the loss family (used as _numerics.expm1_ratio).
+from compsum_jax.losses.comp_sum import expm1_ratio  # noqa: F401
+
 # Use the cumulant series when |θ|·spread(L) is below this.
 _SERIES_THRESHOLD = 0.05
-# g(x) = expm1(x)/x uses its Taylor series for |x| below this.
-_EXPM1_SERIES_THRESHOLD = 0.1
-_EXPM1_SERIES_TERMS = 10
-
-
-def expm1_ratio(x: jax.Array) -> jax.Array:
-  """φ(x) = expm1(x)/x with φ(0) = 1, accurate and smooth (double-where safe)."""
-  small = jnp.abs(x) < _EXPM1_SERIES_THRESHOLD
-  x_safe = jnp.where(small, jnp.ones_like(x), x)
-  closed = jnp.expm1(x_safe) / x_safe
-  x_small = jnp.where(small, x, jnp.zeros_like(x))
-  # φ(x) = Σ_{k≥0} x^k/(k+1)!, Horner form.
-  series = jnp.full_like(x, 1.0 / math.factorial(_EXPM1_SERIES_TERMS + 1))
-  for k in range(_EXPM1_SERIES_TERMS - 1, -1, -1):
-    series = series * x_small + 1.0 / math.factorial(k + 1)
-  return jnp.where(small, series, closed)
 
 
 def cumulants_from_central(mean: jax.Array, central: list[jax.Array]

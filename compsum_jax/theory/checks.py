@@ -124,7 +124,7 @@ def verify_bound(key: jax.Array, tau: float | jax.Array, num_classes: int,
                  dtype: jnp.dtype = jnp.float32) -> Verification:
   """Minimum slack of the pointwise bound over ``num_pairs`` random pairs.
 
-  Use ``dtype=jnp.float64`` under ``jax.experimental.enable_x64()`` for
+  Use ``dtype=jnp.float64`` under ``with jax.enable_x64(True):`` for
   verification (float32 rounding alone gives slacks of about −1e-6).
   """
   validation.check_tau(tau)

@@ -81,8 +81,10 @@ Fields (primitives only):
     (() for none); cascade_overrides: keyword overrides, each applied to the
     members that accept it (``num_steps`` to APGD, ``num_queries`` to
     Square, ...), as in ``compsum_jax.attacks.robust_accuracy``.
-  seeds: one run per seed (model initialisation, batch order and the
-    validation hold-out).
+  data_seed: seed of the data (validation hold-out, batch order), shared by
+    every run so that all methods see the same data.
+  label_noise.kind / .rate: training-label noise (rate 0: none).
+  seeds: one run per seed (the model initialisation and the step keys).
   batch_size, eval_batch_size, num_epochs, eval_every_epochs, ema_decay,
   num_test_examples (None: whole test split), augment (None: the dataset's
   default), augment_flip, keep_checkpoints, log_every_steps, progress,
@@ -104,6 +106,8 @@ def _base() -> ml_collections.ConfigDict:
   c.dataset = "digits"
   c.dataset_kwargs = ml_collections.ConfigDict()
   c.data_dir = config_dict.placeholder(str)
+  c.data_seed = 0
+  c.label_noise = ml_collections.ConfigDict({"kind": "symmetric", "rate": 0.0})
   c.validation_size = 1024
   c.model = ml_collections.ConfigDict(
       {"name": "cnn", "kwargs": ml_collections.ConfigDict()})

@@ -60,9 +60,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compsum_jax import attacks, data, losses, models, training
+from compsum_jax import attacks, data, losses, training
 from compsum_jax.losses import adversarial as adv_losses
 from compsum_jax.training import objectives as objectives_lib
+from experiments import common
 
 PyTree = Any
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -428,39 +429,6 @@ def runs_of(config: Any) -> list[tuple[str, float | None, int]]:
   return out
 
 
-def load_data(config: Any, seed: int) -> data.Dataset:
-  """The dataset with the validation hold-out of this seed."""
-  name = "svhn_cropped" if config.dataset == "svhn" else config.dataset
-  return data.load_dataset(name, data_dir=config.data_dir, seed=seed,
-                           validation_size=int(config.validation_size),
-                           **_as_dict(config.dataset_kwargs))
-
-
-def build_model(config: Any, ds: data.Dataset) -> nn.Module:
-  """The config's model with the data's input normalisation."""
-  kwargs = _as_dict(config.model.kwargs)
-  mean, std = ds.meta["mean"], ds.meta["std"]
-  if len(ds.input_shape) == 3:
-    kwargs.setdefault("mean", tuple(mean))
-    kwargs.setdefault("std", tuple(max(s, 1e-3) for s in std))
-  if "dtype" in kwargs and isinstance(kwargs["dtype"], str):
-    kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
-  return models.get_model(config.model.name, ds.num_classes, **kwargs)
-
-
-def _augment_fn(config: Any, ds: data.Dataset):
-  augment = ds.augment if config.augment is None else bool(config.augment)
-  if not augment:
-    return None
-  flip = bool(config.augment_flip)
-
-  def augment_fn(key, batch):
-    return {**batch, "image": data.augment_images(key, batch["image"],
-                                                  flip=flip)}
-
-  return augment_fn
-
-
 def _subset(split: data.ArraySplit, limit: int | None) -> data.ArraySplit:
   if limit is None or limit >= split.num_examples:
     return split
@@ -486,8 +454,8 @@ def train_and_evaluate(config: Any, method: str, tau: float | None, seed: int,
   if os.path.exists(final_path):
     with open(final_path, encoding="utf-8") as f:
       return json.load(f)
-  ds = load_data(config, seed)
-  model = build_model(config, ds)
+  ds = common.load_data(config)
+  model = common.build_model(config, ds)
   batch_size = int(config.batch_size)
   steps_per_epoch = data.num_train_batches(ds.train, batch_size)
   if steps_per_epoch < 1:
@@ -497,7 +465,7 @@ def train_and_evaluate(config: Any, method: str, tau: float | None, seed: int,
   total_steps = steps_per_epoch * num_epochs
   opt_cfg = _as_dict(config.optimizer)
   ema_decay = float(config.ema_decay)
-  augment_fn = _augment_fn(config, ds)
+  augment_fn = common.make_augment_fn(config, ds)
   optimizer, train_step = cached_train_step(
       model, method, train_attack_overrides(method, config), opt_cfg,
       total_steps, ema_decay, augment_fn,
@@ -525,8 +493,7 @@ def train_and_evaluate(config: Any, method: str, tau: float | None, seed: int,
   try:
     result = training.fit(
         workdir=workdir, config=run_config, state=state, train_step=train_step,
-        train_batches=lambda e: data.train_batches(ds.train, batch_size,
-                                                   seed=seed, epoch=e),
+        train_batches=common.epoch_batches(config, ds),
         steps_per_epoch=steps_per_epoch, num_epochs=num_epochs,
         evaluate_fn=evaluate_fn,
         eval_every_epochs=int(config.eval_every_epochs),

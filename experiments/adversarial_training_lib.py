@@ -699,7 +699,10 @@ def plot_robust_vs_clean(summary: Sequence[Mapping[str, Any]], path: str
   ax.set_xlabel("clean test accuracy (%)")
   ax.set_ylabel("robust test accuracy (%)")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7)
+  else:  # every run failed: say so instead of an empty legend
+    ax.text(0.5, 0.5, "no finished run", ha="center", transform=ax.transAxes)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from compsum_jax import losses
+from compsum_jax.losses import adversarial as adversarial_losses
 
 Objective = Callable[[jax.Array, jax.Array, jax.Array | None,
                       jax.Array | None], jax.Array]
@@ -67,10 +68,9 @@ def kl_to_clean(logits_adv: jax.Array, labels: jax.Array,
   del labels, target_labels
   if logits_clean is None:
     raise ValueError("loss='kl' needs the clean logits (logits_clean=None)")
-  log_p = jax.nn.log_softmax(jax.lax.stop_gradient(logits_clean), axis=-1)
-  log_q = jax.nn.log_softmax(logits_adv, axis=-1)
-  # KL(p‖q) = Σ p (log p − log q)
-  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+  # KL(p‖q) = Σ p (log p − log q), the training loss's formula, clean side fixed.
+  return adversarial_losses.kl_divergence_from_logits(
+      jax.lax.stop_gradient(logits_clean), logits_adv)
 
 
 def check_dlr_classes(num_classes: int, targeted: bool) -> None:
@@ -143,9 +143,11 @@ def smooth_comp_sum_term(logits_adv: jax.Array, labels: jax.Array,
   if logits_clean is None:
     raise ValueError("loss='smooth_comp_sum' needs the clean logits "
                      "(logits_clean=None)")
-  d = logits_adv - jax.lax.stop_gradient(logits_clean)  # d = z(x') − z(x)
-  v = d - _label_logit(d, labels)[..., None]  # v = d − d_y·1
-  return jnp.sqrt(jnp.sum(v * v, axis=-1) + norm_eps)  # sqrt(Σv² + ε)
+  # ‖v‖₂ (safe), v = d − d_y·1, d = z(x') − z(x): the training loss's term with
+  # the clean logits held constant.
+  return adversarial_losses.smooth_adversarial_term(
+      logits_adv, jax.lax.stop_gradient(logits_clean), labels,
+      norm_eps=norm_eps)
 
 
 OBJECTIVES: dict[str, Objective] = {

@@ -1,5 +1,14 @@
-"""Comp-sum losses: ℓ_τ for every τ ≥ 0, its named members, zero-one and margin."""
+"""Comp-sum losses: ℓ_τ for every τ ≥ 0, its named members, zero-one and margin,
+and the adversarial objectives (ADV-COMP-SUM, TRADES, PGD-AT) as functions of logits."""
 
+from compsum_jax.losses.adversarial import (
+    adv_comp_sum_loss,
+    kl_divergence_from_logits,
+    pgd_at_loss,
+    safe_l2_norm,
+    smooth_adversarial_term,
+    trades_loss,
+)
 from compsum_jax.losses.comp_sum import (
     comp_sum_loss,
     comp_sum_loss_soft,
@@ -13,6 +22,12 @@ from compsum_jax.losses.comp_sum import (
 )
 
 __all__ = [
+    "adv_comp_sum_loss",
+    "kl_divergence_from_logits",
+    "pgd_at_loss",
+    "safe_l2_norm",
+    "smooth_adversarial_term",
+    "trades_loss",
     "comp_sum_loss",
     "comp_sum_loss_soft",
     "cross_entropy_loss",

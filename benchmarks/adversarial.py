@@ -31,6 +31,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _machine  # benchmarks/_machine.py (scripts run from benchmarks/)
+
 from compsum_jax import models, training  # noqa: E402
 from experiments import adversarial_training_lib as lib  # noqa: E402
 
@@ -46,15 +48,7 @@ GPU_MARKER = "<!-- GPU section: written by benchmarks/gpu_adversarial_step.py --
 
 def cpu_description() -> str:
   """CPU model name, logical cores, load average."""
-  model = platform.processor() or "unknown CPU"
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          model = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
+  model = _machine.cpu_model()
   load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
   return (f"{model}; {os.cpu_count()} logical cores visible; load average "
           f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")

@@ -39,6 +39,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import _machine  # noqa: E402  (benchmarks/_machine.py; scripts run from benchmarks/)
+
 from configs import loss_comparison as presets  # noqa: E402
 from experiments import common  # noqa: E402
 from experiments import loss_comparison_lib as lib  # noqa: E402
@@ -48,15 +50,7 @@ RESULTS = os.path.join(REPO, "benchmarks", "results", "loss_comparison.md")
 
 def machine_description() -> str:
   """CPU model, core count, load, versions."""
-  model = "unknown CPU"
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          model = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
+  model = _machine.cpu_model()
   load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
   return (f"{model}; {os.cpu_count()} logical CPUs; {platform.platform()}; "
           f"Python {platform.python_version()}, jax {jax.__version__} "

@@ -18,6 +18,7 @@ import platform
 import statistics
 import time
 
+import _machine  # benchmarks/_machine.py (scripts run from benchmarks/)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,15 +72,7 @@ def bench_case(batch: int, n: int, tau: float, repeats: int, inner: int
 
 
 def machine_description() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
+  cpu = _machine.cpu_model()
   return (f"{cpu}; {os.cpu_count()} CPU cores; devices {jax.devices()}; "
           f"jax {jax.__version__}, optax {optax.__version__}; "
           f"python {platform.python_version()}")

@@ -31,21 +31,15 @@ from scipy import optimize
 
 jax.config.update("jax_enable_x64", True)
 
+import _machine  # noqa: E402  (benchmarks/_machine.py; scripts run from benchmarks/)
+
 from compsum_jax import theory  # noqa: E402  (after the x64 switch)
 
 N = 10
 
 
-def _machine() -> str:
-  cpu = platform.processor() or "unknown CPU"
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
+def machine_description() -> str:
+  cpu = _machine.cpu_model()
   try:
     load = os.getloadavg()
     load_text = f"load average at start {load[0]:.1f}"
@@ -115,7 +109,7 @@ def main() -> None:
   parser.add_argument("--out", default=os.path.join(
       os.path.dirname(os.path.abspath(__file__)), "results", "theory.md"))
   args = parser.parse_args()
-  machine = _machine()
+  machine = machine_description()
   print(machine, flush=True)
 
   probs, taus, bounds = _problems(args.num_points, 0)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +38,8 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+import _machine  # noqa: E402  (benchmarks/_machine.py; scripts run from benchmarks/)
 
 from compsum_jax import models, training  # noqa: E402
 
@@ -208,15 +209,7 @@ def no_sync(x):
 
 
 def machine_description(torch):
-  cpu = platform.processor() or "unknown CPU"
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
+  cpu = _machine.cpu_model()
   return {
       "cpu": cpu,
       "cores": os.cpu_count(),

@@ -77,7 +77,8 @@ Fields (primitives only):
   companion: '' or the name of a preset run after this one in
     ``<workdir>/companion_<name>`` (the digits demo adds 'synthetic' so that it
     also shows the bound check).
-  keep_checkpoints, log_every_steps, progress, tensorboard: bookkeeping.
+  keep_checkpoints, checkpoint_every_epochs, log_every_steps, progress,
+    tensorboard: bookkeeping.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def _base() -> ml_collections.ConfigDict:
   c.bound_check = ml_collections.config_dict.placeholder(bool)
   c.companion = ""
   c.keep_checkpoints = 2
+  c.checkpoint_every_epochs = 1
   c.log_every_steps = 50
   c.progress = True
   c.tensorboard = True
@@ -148,6 +150,9 @@ def _digits(c: ml_collections.ConfigDict) -> None:
   c.optimizer.grad_clip = 1.0
   c.num_epochs = 30
   c.eval_every_epochs = 5
+  # A 30-epoch run takes seconds: checkpoint with each evaluation (a restart
+  # loses at most 5 epochs, about a second), not after every epoch.
+  c.checkpoint_every_epochs = 5
   c.batch_size = 64
   c.companion = "synthetic"
 

@@ -98,7 +98,8 @@ PLOT_BOUND = "bound_check.png"
 MEMBERS_DIR = "members"
 # Config fields that do not change what is trained or measured.
 BOOKKEEPING_FIELDS = ("progress", "tensorboard", "log_every_steps",
-                      "keep_checkpoints", "companion")
+                      "keep_checkpoints", "checkpoint_every_epochs",
+                      "companion")
 
 
 def tau_name(tau: float) -> str:
@@ -147,6 +148,7 @@ def validate_config(config: Any) -> None:
   common.check_int(config, "num_epochs", low=1)
   common.check_int(config, "eval_every_epochs", low=1)
   common.check_int(config, "keep_checkpoints", low=1)
+  common.check_int(config, "checkpoint_every_epochs", low=1)
   common.check_int(config, "log_every_steps", low=1)
   common.check_choice(config, "sweep_mode", SWEEP_MODES)
   check = common.config_value(config, "bound_check")
@@ -398,6 +400,7 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
         evaluate_fn=make_evaluate_fn(sweep, group, stacked=stacked),
         eval_every_epochs=int(config.eval_every_epochs),
         keep_checkpoints=int(config.keep_checkpoints),
+        checkpoint_every_epochs=int(config.checkpoint_every_epochs),
         log_every_steps=int(config.log_every_steps),
         learning_rate_fn=sweep.schedule, progress=bool(config.progress),
         tensorboard=bool(config.tensorboard))

@@ -329,3 +329,41 @@ def test_fit_bad_arguments_raise(tmp_path):
     training.fit(steps_per_epoch=1, num_epochs=1,
                  **{**common, "workdir": tmp_path / "o",
                     "config": {"fn": len}})
+
+
+def test_checkpoint_every_epochs_saves_on_period_evaluations_and_end(tmp_path):
+  rs = np.random.RandomState(3)
+  images = rs.randn(16, 5).astype(np.float32)
+  labels = rs.randint(0, 3, 16).astype(np.int32)
+  model = _TinyNet()
+  optimizer = training.make_optimizer({"name": "sgd", "learning_rate": 0.1},
+                                      14)
+
+  def train_batches(epoch):
+    del epoch
+    for b in range(2):
+      yield {"image": images[8 * b:8 * (b + 1)],
+             "label": labels[8 * b:8 * (b + 1)]}
+
+  def run(workdir, num_epochs):
+    state = training.init_train_state(model, optimizer, rng=0,
+                                      input_shape=(5,), hparams={"tau": 1.0})
+    return training.fit(
+        workdir=workdir, config={"x": 1}, state=state,
+        train_step=training.make_train_step(
+            training.classification_objective(model), optimizer),
+        train_batches=train_batches, steps_per_epoch=2,
+        num_epochs=num_epochs, evaluate_fn=lambda s, e: {"e": e},
+        eval_every_epochs=3, checkpoint_every_epochs=2, keep_checkpoints=100,
+        progress=False, tensorboard=False)
+
+  # Epoch ends saved: 2, 4, 6 (period), 3, 6 (evaluations), 7 (last).
+  run(tmp_path / "a", 7)
+  assert _finished_steps(tmp_path / "a") == [4, 6, 8, 12, 14]
+  # A 5-epoch run: period epochs 2, 4, evaluation epoch 3, last epoch 5.
+  run(tmp_path / "b", 5)
+  assert _finished_steps(tmp_path / "b") == [4, 6, 8, 10]
+  with pytest.raises(ValueError, match="checkpoint_every_epochs"):
+    training.fit(workdir=tmp_path / "c", config={}, state=None,
+                 train_step=None, train_batches=train_batches,
+                 steps_per_epoch=2, num_epochs=1, checkpoint_every_epochs=0)

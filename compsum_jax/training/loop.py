@@ -11,7 +11,8 @@ of everything around it:
   first ``step mod steps_per_epoch`` batches of the interrupted epoch are
   skipped, so the resumed run applies exactly the updates of an uninterrupted
   one (bit-identical parameters on the same machine and software);
-* **checkpoints**: at every epoch end (with that epoch's evaluation metrics)
+* **checkpoints**: at the end of every ``checkpoint_every_epochs``-th epoch,
+  of every epoch with an evaluation (with its metrics) and of the last one,
   and optionally every ``checkpoint_every_steps``; the last
   ``keep_checkpoints`` and the best by ``best_metric`` are kept
   (:class:`CheckpointStore`);
@@ -111,6 +112,7 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
         | None = None,
         eval_every_epochs: int = 1,
         checkpoint_every_steps: int | None = None,
+        checkpoint_every_epochs: int = 1,
         keep_checkpoints: int = 3,
         best_metric: str | None = None, best_mode: str = "max",
         log_every_steps: int = 50,
@@ -140,6 +142,9 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
     eval_every_epochs: evaluation period in epochs.
     checkpoint_every_steps: extra checkpoints every this many steps (besides
       every epoch end); None for epoch ends only.
+    checkpoint_every_epochs: epoch-end checkpoint period; epochs with an
+      evaluation and the last epoch are always checkpointed. A restart loses at
+      most this many epochs of work.
     keep_checkpoints: most recent checkpoints kept.
     best_metric: an ``evaluate_fn`` key ranking checkpoints (e.g.
       'val_accuracy'), mean over members; the best one is kept as well.
@@ -165,6 +170,8 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
                                           "eval_every_epochs")
   checkpoint_every_steps = _check_positive_int(
       checkpoint_every_steps, "checkpoint_every_steps", allow_none=True)
+  checkpoint_every_epochs = _check_positive_int(checkpoint_every_epochs,
+                                                "checkpoint_every_epochs")
   log_every_steps = _check_positive_int(log_every_steps, "log_every_steps")
   if best_metric is not None and evaluate_fn is None:
     raise ValueError(f"best_metric={best_metric!r} needs an evaluate_fn")
@@ -260,8 +267,12 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
         if best_metric is not None and best_metric not in eval_metrics:
           raise ValueError(f"best_metric={best_metric!r} is not among the "
                            f"evaluate_fn metrics {sorted(eval_metrics)}")
-      store.save(state, epoch=epochs_done, metrics=eval_metrics,
-                 extra=extra_meta)
+      # Epoch-end checkpoint: every `checkpoint_every_epochs` epochs, after
+      # every evaluation (so the best checkpoint is tracked) and at the end.
+      if (epochs_done % checkpoint_every_epochs == 0 or eval_metrics is not None
+          or epochs_done == num_epochs):
+        store.save(state, epoch=epochs_done, metrics=eval_metrics,
+                   extra=extra_meta)
     flush()
     store.wait_until_finished()
     best_step = store.best_step()

@@ -367,3 +367,14 @@ def test_checkpoint_every_epochs_saves_on_period_evaluations_and_end(tmp_path):
     training.fit(workdir=tmp_path / "c", config={}, state=None,
                  train_step=None, train_batches=train_batches,
                  steps_per_epoch=2, num_epochs=1, checkpoint_every_epochs=0)
+
+
+def test_read_metrics_drops_a_torn_last_line_only(tmp_path):
+  good = [{"step": 1, "split": "train", "loss": 0.5},
+          {"step": 2, "split": "eval", "accuracy": 0.9}]
+  text = "".join(json.dumps(r) + "\n" for r in good)
+  (tmp_path / "metrics.jsonl").write_text(text + '{"step": 3, "spl')
+  assert training.read_metrics(tmp_path) == good
+  (tmp_path / "metrics.jsonl").write_text('{"step": 3, "spl\n' + text)
+  with pytest.raises(ValueError, match="line 1 is not valid JSON"):
+    training.read_metrics(tmp_path)

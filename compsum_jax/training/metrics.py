@@ -159,12 +159,29 @@ def _summary_writer_class():
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """All records of ``metrics.jsonl`` (empty list if none)."""
+  """All records of ``metrics.jsonl`` (empty list if none).
+
+  A process killed while appending (SIGKILL, power loss) can leave a partial
+  last line without its newline: that line is dropped, so a resumed run can
+  read the file. An unreadable line anywhere else raises ``ValueError``.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.readlines()
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as error:
+      if number == len(lines) and not line.endswith("\n"):
+        break  # torn final write
+      raise ValueError(f"{path}: line {number} is not valid JSON "
+                       f"({error.msg})") from error
+  return records
 
 
 class MetricsWriter:

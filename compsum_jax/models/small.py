@@ -7,7 +7,10 @@ for per-channel normalisation; the defaults map [0, 1] to [−1, 1].
 
 The CNN downsamples with stride-2 convolutions, never max-pooling: on XLA:CPU
 the backward pass of max-pool is very slow (a max-pool CNN's train step was
-about 15× slower than a strided-convolution one).
+about 15× slower than a strided-convolution one). Its convolutions are
+:func:`compsum_jax.models.conv.member_conv`: the lax convolution for one
+model, and batched matmuls over patches when K members are vmapped (on
+XLA:CPU a vmapped lax convolution is a slow grouped convolution).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from compsum_jax.models import common
+from compsum_jax.models import conv as conv_lib
 
 
 class MLP(nn.Module):
@@ -71,6 +75,13 @@ class CNN(nn.Module):
     activation: 'relu' or 'swish'.
     mean, std: input normalisation, per channel.
     dtype: compute dtype; parameters and logits float32.
+    member_conv: convolve with :func:`compsum_jax.models.conv.member_conv`
+      (default): identical results, and under ``jax.vmap`` over stacked
+      members it runs as batched matmuls instead of a grouped convolution
+      (1.75× the throughput of sequential steps for K = 15 on 2 CPU cores,
+      where the grouped convolution was 0.67×; benchmarks/results/
+      train_step.md). False: ``lax.conv_general_dilated``, e.g. for
+      ``jax.jvp`` through the model, which the custom VJP does not support.
   """
 
   num_classes: int
@@ -82,6 +93,7 @@ class CNN(nn.Module):
   mean: float | Sequence[float] = 0.5
   std: float | Sequence[float] = 0.5
   dtype: jnp.dtype = jnp.float32
+  member_conv: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -100,9 +112,11 @@ class CNN(nn.Module):
                        f"{tuple(x.shape)}")
     act = common.get_activation(self.activation)
     x = common.normalize(x, self.mean, self.std, self.dtype)
+    conv = conv_lib.member_conv if self.member_conv else None
     for width, stride in zip(self.features, self.strides, strict=True):
       x = nn.Conv(width, (3, 3), strides=(stride, stride), padding="SAME",
-                  use_bias=not self.use_batch_norm, dtype=self.dtype)(x)
+                  use_bias=not self.use_batch_norm, dtype=self.dtype,
+                  conv_general_dilated=conv)(x)
       if self.use_batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                          epsilon=1e-5, dtype=self.dtype)(x)

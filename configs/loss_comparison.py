@@ -137,10 +137,10 @@ def _base() -> ml_collections.ConfigDict:
 def _digits(c: ml_collections.ConfigDict) -> None:
   c.dataset = "digits"
   c.dataset_kwargs = ml_collections.ConfigDict({"test_size": 360})
-  # An MLP, not a CNN: under the vmapped K-member step a convolution becomes
-  # a grouped convolution, which XLA:CPU runs ~4× slower than K separate
-  # ones (benchmarks/results/loss_comparison.md); dense layers become
-  # batched matmuls. --config.model.name=cnn works too (slower on CPU).
+  # An MLP: the cheapest model per step on 2 CPU cores. --config.model.name=
+  # cnn works too and also runs as one vmapped 15-member step (the CNN's
+  # convolutions use models.member_conv, batched matmuls under the member
+  # vmap; benchmarks/results/loss_comparison.md, section 3).
   c.model.name = "mlp"
   c.model.kwargs = ml_collections.ConfigDict({"hidden_sizes": (256, 256)})
   c.optimizer.learning_rate = 0.05

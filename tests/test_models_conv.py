@@ -63,6 +63,22 @@ def test_unbatched_matches_numpy_loop(strides, padding, window):
 
 
 @pytest.mark.parametrize("strides,padding,window", CASES)
+def test_unbatched_gradients_equal_lax(strides, padding, window):
+  """One member: ∂x (patch form) and ∂W (lax) equal lax's VJP."""
+  rs = np.random.RandomState(6)
+  x = jnp.asarray(rs.randn(3, 9, 7, 5).astype(np.float32))
+  k = jnp.asarray(rs.randn(*window, 5, 6).astype(np.float32))
+
+  def objective(conv):
+    return jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k, strides,
+                                                       padding))), (0, 1))
+
+  for got, want in zip(jax.jit(objective(new_conv))(x, k),
+                       objective(lax_conv)(x, k), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("strides,padding,window", CASES)
 @pytest.mark.parametrize("in_axes", [(0, 0), (None, 0), (0, None)])
 def test_vmapped_value_and_gradients_equal_lax(strides, padding, window,
                                                in_axes):

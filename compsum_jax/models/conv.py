@@ -1,8 +1,9 @@
 """A 2-D convolution that stays fast when vmapped over stacked members.
 
 ``member_conv`` is a drop-in for ``jax.lax.conv_general_dilated`` (pass it to
-``flax.linen.Conv(conv_general_dilated=member_conv)``). Unbatched, it *is*
-the lax convolution (same forward and same gradients). The difference is
+``flax.linen.Conv(conv_general_dilated=member_conv)``). Its values and
+gradients are those of the lax convolution up to float summation order; its
+forward pass, unbatched, *is* the lax convolution. The main difference is
 under ``jax.vmap`` when both the input and the kernel carry the vmapped axis,
 which is what the train step does with K stacked members
 (``make_train_step(num_members=K)``): member k's activations meet member k's
@@ -19,14 +20,23 @@ batched (e.g. the first layer, whose input batch is shared by all members),
 the default rule is already an ordinary convolution (members folded into the
 output features or the batch) and is kept.
 
+One member alone also takes the input gradient in patch form,
+∂x = patches⁺(∂y · Wᵀ), instead of XLA's transposed convolution: on XLA:CPU
+that was never slower for the layer shapes tried and up to 13× faster for
+strided layers (3×3, 64→128, stride 2 on 4×4 inputs, batch 397: 1.4 ms
+against 17.8 ms), which speeds up attacks (input gradients) and the
+backward pass of training; the forward pass and the kernel gradient stay
+lax convolutions.
+
 Supported in the patch path: NHWC inputs, HWIO kernels, any kernel size,
 strides and padding, no dilation, ``feature_group_count == 1``; anything else
 falls back to the lax convolution and its default vmap rule. Reverse-mode
 autodiff is defined (``jax.custom_vjp``; the backward pass has the same vmap
-treatment; gradients of the backward pass, for higher-order derivatives, use
-the lax VJP and the default vmap rule); forward-mode (``jax.jvp``) of a ``custom_vjp`` function is not
-supported by JAX, so use ``flax.linen.Conv`` with the default convolution
-where a JVP through the model is needed.
+treatment; gradients of the backward pass, for higher-order derivatives, are
+plain JAX autodiff of it with default vmap rules); forward-mode
+(``jax.jvp``) of a ``custom_vjp`` function is not supported by JAX, so use
+``flax.linen.Conv`` with the default convolution where a JVP through the
+model is needed.
 """
 
 from __future__ import annotations
@@ -101,7 +111,12 @@ def _stacked_conv(strides: tuple[int, int],
     return _patch_conv(x, kernel, strides, pads, precision)
 
   def conv_vjp(x, kernel, g):
-    return jax.vjp(conv, x, kernel)[1](g)
+    # ∂x through the patch form, ∂W through lax (module doc: measured
+    # faster on XLA:CPU for every layer shape tried).
+    (dx,) = jax.linear_transpose(
+        lambda x: patch_conv(x[None], kernel[None])[0], x)(g)
+    (dkernel,) = jax.linear_transpose(lambda k: conv(x, k), kernel)(g)
+    return dx, dkernel
 
   forward = jax.custom_batching.custom_vmap(conv)
 
@@ -167,7 +182,8 @@ def member_conv(lhs: jax.Array, rhs: jax.Array,
                 preferred_element_type: Any = None) -> jax.Array:
   """``lax.conv_general_dilated`` that vmaps over members as batched matmuls.
 
-  Same signature and result as ``jax.lax.conv_general_dilated``. For NHWC
+  Same signature and result as ``jax.lax.conv_general_dilated`` (the input
+  gradient is computed in patch form, see the module doc). For NHWC
   input ``lhs`` [B, H, W, C] and HWIO kernel ``rhs`` [kh, kw, C, F] without
   dilation or groups, ``jax.vmap`` over both operands runs as batched
   matmuls over image patches instead of a grouped convolution (module doc);

@@ -203,22 +203,24 @@ def main() -> None:
            [f"one vmapped {k}-member step per batch",
             f"{cnn_steps['vmap_seconds']:.3f}",
             f"{cnn_steps['sequential_seconds'] / cnn_steps['vmap_seconds']:.2f}×"]]),
-      "Under `jax.vmap` over members a convolution with per-member kernels "
-      "becomes one grouped convolution (feature_group_count = K), which "
-      "XLA:CPU executes much less efficiently than K ordinary ones; dense "
-      "layers become batched matmuls. This is why the digits preset uses an "
-      "MLP.", "",
+      "The CNN's convolutions are `compsum_jax.models.member_conv`: under "
+      "the member vmap they run as batched matmuls over image patches, not "
+      "as the grouped convolution (feature_group_count = K) of JAX's default "
+      "rule, which XLA:CPU runs several times slower than K ordinary ones "
+      "(benchmarks/results/train_step.md).", "",
       "## Reading the numbers", "",
       "* The whole-experiment speed-up of the vmapped sweep comes from "
       "running the per-run work once instead of K times: Python dispatch "
       "of K small steps, K evaluations over train and test splits every "
       "`eval_every_epochs`, K checkpoints, K metric writers and "
-      "compilations of the init. The train step itself is compute-bound on "
-      "2 CPU cores, so one vmapped K-member step costs about as much as K "
-      "single-member steps (section 2); on an accelerator, where a single "
-      "small member leaves the device idle, the step itself also gains.",
-      "* The host was shared with other jobs during the measurement (see the "
-      "load average); absolute times and the ratio move with the load.",
+      "compilations of the init. The MLP step itself gains little: XLA:CPU "
+      "runs its matmuls at about the same rate whether 15 are batched or run "
+      "one by one (benchmarks/results/member_step_breakdown.md), so one "
+      "vmapped K-member step costs about as much as K single-member steps "
+      "(section 2); on an accelerator, where a single small member leaves "
+      "the device idle, the step itself also gains.",
+      "* Check the load average above: on a shared host absolute times and "
+      "the ratio move with the load.",
       "* History: with a checkpoint after every epoch (before "
       "`checkpoint_every_epochs`), the same command measured 37.0 s "
       "sequential against 12.7 s vmapped (2.90×) on this VM at load ~2: "
@@ -226,7 +228,7 @@ def main() -> None:
       "with each evaluation made the sequential sweep 1.9× faster, and the "
       "vmapped one 1.1× faster, so the ratio fell. The goal of ≥ 3× for the "
       "vmapped sweep is not met on 2 CPU cores: what remains is the train "
-      "step, which is compute-bound here (section 2).", "",
+      "step (section 2).", "",
   ]
   text = "\n".join(lines) + "\n"
   os.makedirs(os.path.dirname(RESULTS), exist_ok=True)

@@ -179,3 +179,28 @@ def test_cnn_with_and_without_member_conv_agree_for_stacked_members():
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain),
                   strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_patch_form_only_on_cpu(stacked):
+  """Lowered for CUDA (no GPU needed) it is lax convolutions, no patch dots."""
+  def loss(x, k):
+    return jnp.sum(new_conv(x, k, (2, 2), "SAME")**2)
+
+  grad = jax.grad(loss, (0, 1))
+  x = jnp.ones((3, 4, 8, 8, 5))
+  k = jnp.ones((3, 3, 3, 5, 6))
+  if stacked:
+    grad = jax.vmap(grad)
+  else:
+    x, k = x[0], k[0]
+  counts = {}
+  for platform in ("cpu", "cuda"):
+    text = jax.jit(grad).trace(x, k).lower(
+        lowering_platforms=(platform,)).as_text()
+    counts[platform] = (text.count("stablehlo.convolution"),
+                        text.count("stablehlo.dot_general"))
+  # forward, ∂x, ∂W: all three lax convolutions on CUDA.
+  assert counts["cuda"] == (3, 0)
+  # CPU: ∂x (and, stacked, the forward and ∂W too) as patch matmuls.
+  assert counts["cpu"] == ((0, 3) if stacked else (2, 1))

@@ -10,7 +10,7 @@ which is what the train step does with K stacked members
 kernel. JAX's default rule turns that into one grouped convolution
 (``feature_group_count = K``), which XLA:CPU runs several times slower than K
 ordinary convolutions (benchmarks/results/train_step.md). Here that case runs
-as K batched matmuls over image patches instead (im2col):
+on CPU as K batched matmuls over image patches instead (im2col):
 
     P_k = patches(x_k)   [B·H'·W', kh·kw·C],   y_k = P_k · W_k   [B·H'·W', F],
 
@@ -20,13 +20,18 @@ batched (e.g. the first layer, whose input batch is shared by all members),
 the default rule is already an ordinary convolution (members folded into the
 output features or the batch) and is kept.
 
-One member alone also takes the input gradient in patch form,
+On CPU one member alone also takes the input gradient in patch form,
 ∂x = patches⁺(∂y · Wᵀ), instead of XLA's transposed convolution: on XLA:CPU
 that was never slower for the layer shapes tried and up to 13× faster for
 strided layers (3×3, 64→128, stride 2 on 4×4 inputs, batch 397: 1.4 ms
 against 17.8 ms), which speeds up attacks (input gradients) and the
 backward pass of training; the forward pass and the kernel gradient stay
 lax convolutions.
+
+Other platforms (GPU, TPU) keep the lax convolution and JAX's default vmap
+rule everywhere (``jax.lax.platform_dependent`` picks the branch when the
+program is lowered): their convolution libraries do not have XLA:CPU's
+problem, and the patch tensors are 9× the size of the input.
 
 Supported in the patch path: NHWC inputs, HWIO kernels, any kernel size,
 strides and padding, no dilation, ``feature_group_count == 1``; anything else
@@ -110,13 +115,29 @@ def _stacked_conv(strides: tuple[int, int],
   def patch_conv(x, kernel):
     return _patch_conv(x, kernel, strides, pads, precision)
 
+  def lax_input_grad(x, kernel, g):
+    return jax.linear_transpose(lambda x: conv(x, kernel), x)(g)[0]
+
+  def patch_input_grad(x, kernel, g):
+    return jax.linear_transpose(
+        lambda x: patch_conv(x[None], kernel[None])[0], x)(g)[0]
+
   def conv_vjp(x, kernel, g):
-    # ∂x through the patch form, ∂W through lax (module doc: measured
-    # faster on XLA:CPU for every layer shape tried).
-    (dx,) = jax.linear_transpose(
-        lambda x: patch_conv(x[None], kernel[None])[0], x)(g)
+    # On CPU ∂x through the patch form (module doc), elsewhere lax's
+    # transposed convolution; ∂W through lax everywhere.
+    dx = lax.platform_dependent(x, kernel, g, cpu=patch_input_grad,
+                                default=lax_input_grad)
     (dkernel,) = jax.linear_transpose(lambda k: conv(x, k), kernel)(g)
     return dx, dkernel
+
+  def stacked_forward(x, kernel):
+    return lax.platform_dependent(x, kernel, cpu=patch_conv,
+                                  default=jax.vmap(conv))
+
+  def stacked_vjp(x, kernel, g):
+    return lax.platform_dependent(
+        x, kernel, g, cpu=lambda x, k, g: jax.vjp(patch_conv, x, k)[1](g),
+        default=jax.vmap(conv_vjp))
 
   forward = jax.custom_batching.custom_vmap(conv)
 
@@ -125,7 +146,7 @@ def _stacked_conv(strides: tuple[int, int],
     del axis_size
     x_batched, kernel_batched = in_batched
     if x_batched and kernel_batched:
-      return patch_conv(x, kernel), True
+      return stacked_forward(x, kernel), True
     in_axes = (0 if x_batched else None, 0 if kernel_batched else None)
     return jax.vmap(conv, in_axes=in_axes)(x, kernel), True
 
@@ -137,7 +158,7 @@ def _stacked_conv(strides: tuple[int, int],
     if x_batched and kernel_batched:
       if not g_batched:
         g = jnp.broadcast_to(g, (axis_size,) + g.shape)
-      return jax.vjp(patch_conv, x, kernel)[1](g), (True, True)
+      return stacked_vjp(x, kernel, g), (True, True)
     in_axes = tuple(0 if bat else None for bat in in_batched)
     return jax.vmap(conv_vjp, in_axes=in_axes)(x, kernel, g), (True, True)
 

@@ -340,3 +340,24 @@ def test_conditional_regret_and_zero_one_regret():
 def test_bad_input_raises_value_error(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_large_batches_solved_in_chunks_equal_per_point_solves():
+  """Batches above the CPU chunk size (lax.map path) give the vmapped values,
+  minimisers and certificates, for a 2-D batch shape that is no multiple of
+  the chunk."""
+  from compsum_jax.theory import families
+
+  rng = np.random.default_rng(12)
+  shape, n = (3, families._CPU_CHUNK // 2 + 7), 5  # noqa: SLF001
+  probs = rng.dirichlet(np.full(n, 0.7), size=shape)
+  taus = rng.uniform(0.0, 3.0, size=shape)
+  bounds_ = rng.uniform(0.05, 4.0, size=shape)
+  chunked = theory.solve_score_bounded(probs, taus, bounds_)
+  flat = jax.jit(jax.vmap(theory.solve_score_bounded))(
+      probs.reshape(-1, n), taus.reshape(-1), bounds_.reshape(-1))
+  assert chunked.value.shape == shape
+  assert chunked.scores.shape == shape + (n,)
+  for got, want in zip(chunked, flat, strict=True):
+    np.testing.assert_allclose(np.reshape(got, np.shape(want)), want,
+                               rtol=1e-12, atol=1e-14)

@@ -32,9 +32,28 @@ import statistics
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+
+def _cpu_devices_from_argv(argv: list[str]) -> int:
+  """--cpu_devices=N (N ≥ 1): must be known before jax is imported."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--cpu_devices="):
+      return int(arg.split("=", 1)[1])
+    if arg == "--cpu_devices" and i + 1 < len(argv):
+      return int(argv[i + 1])
+  return 4
+
+
+CPU_DEVICES = _cpu_devices_from_argv(sys.argv)
+if CPU_DEVICES > 1:
+  # Host-platform CPU devices for the data-parallel contender; single-device
+  # steps (jit without a mesh) run on device 0 exactly as before.
+  os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") +
+      f" --xla_force_host_platform_device_count={CPU_DEVICES}").strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -134,8 +153,12 @@ def make_torch_step(torch, net, x, y):
 # ---------------------------------------------------------------------- JAX
 
 
-def make_jax_step(model, x, y, *, num_members=None):
-  """Returns step() running compsum_jax's train step on (x, y) in place."""
+def make_jax_step(model, x, y, *, num_members=None, mesh=None):
+  """Returns step() running compsum_jax's train step on (x, y) in place.
+
+  With ``mesh`` (a ('data',) mesh) the step is the data-parallel one: the
+  batch is split over the mesh's devices, the state replicated.
+  """
   optimizer = training.make_optimizer(OPTIMIZER, 1_000_000)
   if num_members is None:
     state = training.init_train_state(model, optimizer, rng=0,
@@ -147,8 +170,13 @@ def make_jax_step(model, x, y, *, num_members=None):
         input_shape=x.shape[1:], hparams={"tau": [1.0] * num_members})
   train_step = training.make_train_step(
       training.classification_objective(model), optimizer,
-      num_members=num_members)
-  batch = jax.device_put({"image": jnp.asarray(x), "label": jnp.asarray(y)})
+      num_members=num_members, mesh=mesh)
+  if mesh is None:
+    batch = jax.device_put({"image": jnp.asarray(x),
+                            "label": jnp.asarray(y)})
+  else:
+    state = training.replicate(state, mesh)
+    batch = training.shard_batch({"image": x, "label": y}, mesh)
   analysis = train_step.lower(state, batch).compile().cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else {}
@@ -232,6 +260,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--cpu_devices", type=int, default=CPU_DEVICES,
+                      help="host-platform CPU devices for the data-parallel "
+                      "JAX contender (1: none); read before jax is imported")
   parser.add_argument("--quick", action="store_true",
                       help="fewer steps and repeats (smoke run)")
   parser.add_argument("--output", default=os.path.join(
@@ -267,17 +298,23 @@ def main():
        models.get_model("preact_resnet18", 10),
        lambda: torch_preact_resnet18(torch, 10), (32, 32, 3)),
   ]
+  mesh = (training.make_data_mesh() if len(jax.devices()) > 1 else None)
   rows = []
   for name, batch_size, jax_model, make_torch_net, shape in networks:
     x = rs.rand(batch_size, *shape).astype(np.float32)
     y = rs.randint(0, 10, batch_size).astype(np.int32)
     jax_step, _ = make_jax_step(jax_model, x, y)
     torch_step = make_torch_step(torch, make_torch_net(), x, y)
+    contenders = {"jax": (jax_step, jax_sync),
+                  "torch": (torch_step, no_sync)}
+    if mesh is not None:
+      dp_step, _ = make_jax_step(jax_model, x, y, mesh=mesh)
+      contenders["jax_dp"] = (dp_step, jax_sync)
     steps = max(1, args.steps // (4 if "ResNet" in name else 1))
-    t = measure({"jax": (jax_step, jax_sync), "torch": (torch_step, no_sync)},
-                steps, args.repeats)
-    rows.append((name, batch_size, 1 / t["jax"], 1 / t["torch"],
-                 t["torch"] / t["jax"]))
+    t = measure(contenders, steps, args.repeats)
+    t_dp = t.get("jax_dp", float("nan"))
+    rows.append((name, batch_size, 1 / t["jax"], 1 / t_dp, 1 / t["torch"],
+                 t["torch"] / t["jax"], t["torch"] / t_dp))
     print(rows[-1], flush=True)
 
   member_rows = []
@@ -344,11 +381,21 @@ def write_report(path, machine, started, rows, member_rows, args):
       "",
       "## 1. JAX train step vs PyTorch (goal: JAX ≥ PyTorch)",
       "",
-      "| network | batch | JAX steps/s | PyTorch steps/s | JAX / PyTorch |",
-      "|---|---|---|---|---|",
+      f"'JAX, 1 device': the jitted step on one CPU device. 'JAX, "
+      f"{len(jax.devices())} CPU devices': the same `make_train_step` with "
+      f"`mesh=make_data_mesh()` over {len(jax.devices())} host-platform CPU "
+      "devices (`XLA_FLAGS=--xla_force_host_platform_device_count="
+      f"{len(jax.devices())}`), the batch split over them, same global "
+      "batch and batch-norm statistics over it. PyTorch: 2 intra-op threads.",
+      "",
+      "| network | batch | JAX 1 device steps/s | JAX "
+      f"{len(jax.devices())} CPU devices steps/s | PyTorch steps/s | "
+      "JAX 1 device / PyTorch | JAX data-parallel / PyTorch |",
+      "|---|---|---|---|---|---|---|",
   ]
-  for name, b, j, t, ratio in rows:
-    lines.append(f"| {name} | {b} | {j:.2f} | {t:.2f} | {ratio:.2f}× |")
+  for name, b, j, j_dp, t, ratio, ratio_dp in rows:
+    lines.append(f"| {name} | {b} | {j:.2f} | {j_dp:.2f} | {t:.2f} | "
+                 f"{ratio:.2f}× | {ratio_dp:.2f}× |")
   lines += [
       "",
       "## 2. K = 15 members in one call vs 15 sequential steps (goal: ≥ 3×)",

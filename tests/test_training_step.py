@@ -444,3 +444,34 @@ def test_init_train_state_equals_manual_init():
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert jax.tree.structure(got) == jax.tree.structure(want)
+
+
+_MANY_STEPS_SCRIPT = """
+import jax, numpy as np, optax
+from compsum_jax import models, training
+model = models.get_model("mlp", 10, hidden_sizes=(64,))
+opt = training.make_optimizer({"name": "sgd", "learning_rate": 0.01}, 10**6)
+mesh = training.make_data_mesh()
+state = training.replicate(training.init_train_state(
+    model, opt, rng=0, input_shape=(8,), hparams={"tau": 1.0}), mesh)
+step = training.make_train_step(training.classification_objective(model),
+                                opt, mesh=mesh)
+rs = np.random.RandomState(0)
+batch = training.shard_batch({"image": rs.rand(32, 8).astype(np.float32),
+                              "label": rs.randint(0, 10, 32)}, mesh)
+for _ in range(1500):  # back to back, never read on the host
+  state, metrics = step(state, batch)
+print("done", int(state.step), float(metrics["loss"]))
+"""
+
+
+def test_many_async_steps_on_fake_cpu_devices_do_not_deadlock():
+  """Without the per-step wait, XLA:CPU's all-reduce deadlocked here (abort
+  after a 40 s rendezvous timeout) in every run of this session's repro."""
+  env = dict(os.environ,
+             XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", _MANY_STEPS_SCRIPT], env=env,
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split()[:2] == ["done", "1500"]

@@ -295,29 +295,29 @@ def _freeze(value: Any) -> Any:
 def cached_train_step(model: nn.Module, method: str,
                       attack: Mapping[str, Any], optimizer_config: Any,
                       total_steps: int, ema_decay: float, augment_fn: Any,
-                      augment_key: Any):
+                      augment_key: Any, mesh: Any = None):
   """(optimizer, train step) of a method, built once per distinct program."""
   key = ("train", model, method, _freeze(attack), _freeze(optimizer_config),
-         int(total_steps), float(ema_decay), augment_key)
+         int(total_steps), float(ema_decay), augment_key, mesh)
   if key not in _STEP_CACHE:
     optimizer = training.make_optimizer(_as_dict(optimizer_config),
                                         total_steps)
     step = training.make_train_step(make_objective(model, method, attack),
                                     optimizer, ema_decay=ema_decay,
-                                    augment_fn=augment_fn)
+                                    augment_fn=augment_fn, mesh=mesh)
     _STEP_CACHE[key] = (optimizer, step)
   return _STEP_CACHE[key]
 
 
 def cached_eval_step(model: nn.Module, specs: Mapping[str, Any],
-                     use_ema: bool):
+                     use_ema: bool, mesh: Any = None):
   """Robust eval step for named attack specs, built once per program."""
-  key = ("eval", model, _freeze(specs), bool(use_ema))
+  key = ("eval", model, _freeze(specs), bool(use_ema), mesh)
   if key not in _STEP_CACHE:
     attack_fns = {name: build_eval_attack(spec)
                   for name, spec in _as_dict(specs).items()}
     _STEP_CACHE[key] = training.make_eval_step(
-        make_robust_eval_fn(model, attack_fns), use_ema=use_ema)
+        make_robust_eval_fn(model, attack_fns), use_ema=use_ema, mesh=mesh)
   return _STEP_CACHE[key]
 
 
@@ -466,23 +466,24 @@ def train_and_evaluate(config: Any, method: str, tau: float | None, seed: int,
   opt_cfg = _as_dict(config.optimizer)
   ema_decay = float(config.ema_decay)
   augment_fn = common.make_augment_fn(config, ds)
+  mesh = common.data_mesh(config)
   optimizer, train_step = cached_train_step(
       model, method, train_attack_overrides(method, config), opt_cfg,
       total_steps, ema_decay, augment_fn,
-      (augment_fn is not None, bool(config.augment_flip)))
+      (augment_fn is not None, bool(config.augment_flip)), mesh)
   state = training.init_train_state(
       model, optimizer, rng=seed, input_shape=ds.input_shape,
       hparams=method_hparams(method, config, tau), ema=ema_decay > 0)
   use_ema = ema_decay > 0
   val_step = cached_eval_step(model, {"val": config.validation_attack},
-                              use_ema)
+                              use_ema, mesh)
   eval_bs = int(config.eval_batch_size)
 
   def evaluate_fn(state, epochs_done):
     del epochs_done
     out = training.evaluate(val_step, state,
                             data.eval_batches(ds.validation, eval_bs),
-                            rng=seed + 1)
+                            mesh=mesh, rng=seed + 1)
     return {"val_accuracy": float(out["correct"]),
             "val_robust_accuracy": float(out["robust_val"])}
 
@@ -493,7 +494,7 @@ def train_and_evaluate(config: Any, method: str, tau: float | None, seed: int,
   try:
     result = training.fit(
         workdir=workdir, config=run_config, state=state, train_step=train_step,
-        train_batches=common.epoch_batches(config, ds),
+        mesh=mesh, train_batches=common.epoch_batches(config, ds),
         steps_per_epoch=steps_per_epoch, num_epochs=num_epochs,
         evaluate_fn=evaluate_fn,
         eval_every_epochs=int(config.eval_every_epochs),
@@ -536,10 +537,11 @@ def evaluate_test(config: Any, model: nn.Module, state: training.TrainState,
   test = _subset(ds.test, config.num_test_examples)
   eval_bs = int(config.eval_batch_size)
   names = list(_as_dict(config.test_attacks))
-  eval_step = cached_eval_step(model, config.test_attacks, use_ema)
+  mesh = common.data_mesh(config)
+  eval_step = cached_eval_step(model, config.test_attacks, use_ema, mesh)
   start = time.perf_counter()
   out = training.evaluate(eval_step, state, data.eval_batches(test, eval_bs),
-                          rng=seed + 2)
+                          mesh=mesh, rng=seed + 2)
   record: dict[str, Any] = {
       "num_test_examples": int(out["count"]),
       "clean_accuracy": float(out["correct"]),

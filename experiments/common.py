@@ -176,6 +176,29 @@ def build_model(config: Any, dataset: data_lib.Dataset) -> nn.Module:
                               dataset.num_classes, **kwargs)
 
 
+def data_mesh(config: Any) -> jax.sharding.Mesh | None:
+  """The ('data',) mesh over every device, or None with a single device.
+
+  The experiments' train and eval steps are data-parallel over it (the
+  global batch split over the devices, the state replicated; see
+  ``compsum_jax.training.step``).
+
+  Raises:
+    ValueError: ``config.batch_size`` or ``config.eval_batch_size`` is not a
+      multiple of the number of devices.
+  """
+  count = jax.device_count()
+  if count == 1:
+    return None
+  for field in ("batch_size", "eval_batch_size"):
+    value = int(config_value(config, field))
+    if value % count:
+      raise ValueError(f"config.{field}={value} must be a multiple of the "
+                       f"{count} devices: every batch is split over all "
+                       "devices (data parallelism)")
+  return training.make_data_mesh()
+
+
 def steps_per_epoch(config: Any, dataset: data_lib.Dataset) -> int:
   """Updates per epoch: ⌊N_train / batch_size⌋ (the last partial batch drops)."""
   batch_size = check_int(config, "batch_size", low=1)
@@ -385,7 +408,8 @@ def init_states(model: nn.Module, optimizer: optax.GradientTransformation,
 
 def evaluate_split(eval_step: Callable[..., dict], state: training.TrainState,
                    split: data_lib.ArraySplit, batch_size: int,
-                   labels: np.ndarray | None = None) -> dict[str, Any]:
+                   labels: np.ndarray | None = None,
+                   mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Exact averages of ``eval_step`` over a split (see training.evaluate).
 
   Args:
@@ -395,6 +419,7 @@ def evaluate_split(eval_step: Callable[..., dict], state: training.TrainState,
     batch_size: evaluation batch size.
     labels: labels to use instead of ``split.labels`` (e.g. the clean labels
       of a noisy training split), shape [N].
+    mesh: the mesh ``eval_step`` was built with (batches are sharded on it).
 
   Returns:
     ``training.evaluate``'s dict (values [K] for stacked states).
@@ -402,7 +427,7 @@ def evaluate_split(eval_step: Callable[..., dict], state: training.TrainState,
   if labels is not None:
     split = data_lib.ArraySplit(split.images, np.asarray(labels, np.int32))
   return training.evaluate(eval_step, state,
-                           data_lib.eval_batches(split, batch_size))
+                           data_lib.eval_batches(split, batch_size), mesh=mesh)
 
 
 def make_logits_fn(model: nn.Module, *, stacked: bool

@@ -192,6 +192,8 @@ class Sweep:
     objective: ``objective(params, batch_stats, batch, rng)`` for the step.
     posteriors: exact p(·|x) of the test inputs, float64 [N_test, n], when
       the bound check is on; else None.
+    mesh: ('data',) mesh over every device (data-parallel steps), or None on
+      a single device.
   """
 
   config: Any
@@ -205,6 +207,7 @@ class Sweep:
   augment_fn: Callable[..., dict] | None
   objective: Callable[..., tuple[jax.Array, dict]]
   posteriors: np.ndarray | None
+  mesh: jax.sharding.Mesh | None = None
   compiled: dict[tuple, Any] = dataclasses.field(default_factory=dict)
 
   @property
@@ -240,7 +243,7 @@ def build_sweep(config: Any) -> Sweep:
                schedule=schedule,
                augment_fn=common.make_augment_fn(config, dataset),
                objective=common.make_objective(model, "comp_sum"),
-               posteriors=posteriors)
+               posteriors=posteriors, mesh=common.data_mesh(config))
 
 
 def member_groups(members: Sequence[common.Member], mode: str
@@ -327,7 +330,7 @@ def make_evaluate_fn(sweep: Sweep, group: Sequence[common.Member], *,
   num_members = len(group) if stacked else None
   eval_step = sweep.cached(("eval_step", num_members), lambda: (
       training.make_eval_step(training.classification_eval_fn(sweep.model),
-                              num_members=num_members)))
+                              num_members=num_members, mesh=sweep.mesh)))
   logits_fn = sweep.cached(("logits_fn", stacked), lambda: (
       common.make_logits_fn(sweep.model, stacked=stacked)))
   batch_size = int(config.eval_batch_size)
@@ -336,9 +339,9 @@ def make_evaluate_fn(sweep: Sweep, group: Sequence[common.Member], *,
   def evaluate_fn(state: training.TrainState, epochs_done: int) -> dict:
     del epochs_done
     test = common.evaluate_split(eval_step, state, sweep.dataset.test,
-                                 batch_size)
+                                 batch_size, mesh=sweep.mesh)
     train = common.evaluate_split(eval_step, state, sweep.dataset.train,
-                                  batch_size)
+                                  batch_size, mesh=sweep.mesh)
     out = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
            "test_cross_entropy": test["cross_entropy"],
            "train_accuracy": train["accuracy"], "train_loss": train["loss"]}
@@ -381,7 +384,7 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
   train_step = sweep.cached(("train_step", num_members), lambda: (
       training.make_train_step(sweep.objective, sweep.optimizer,
                                augment_fn=sweep.augment_fn,
-                               num_members=num_members)))
+                               num_members=num_members, mesh=sweep.mesh)))
   # The run's identity for resuming: the config without the bookkeeping
   # switches, so e.g. --config.progress=False may change between starts.
   identity = {k: v for k, v in common.to_jsonable(config).items()
@@ -393,7 +396,7 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
   try:
     return training.fit(
         workdir=workdir, config=run_config, state=state,
-        train_step=train_step,
+        train_step=train_step, mesh=sweep.mesh,
         train_batches=common.epoch_batches(config, sweep.dataset),
         steps_per_epoch=sweep.steps_per_epoch,
         num_epochs=int(config.num_epochs),

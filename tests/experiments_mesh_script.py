@@ -1,0 +1,58 @@
+"""Subprocess helper for test_experiments_data_parallel: both experiments'
+smoke presets on 4 fake CPU devices (data-parallel steps), and the loss
+comparison once more with the mesh switched off, in the same process.
+
+Run with XLA_FLAGS=--xla_force_host_platform_device_count=4 set before jax is
+imported; prints one JSON line.
+"""
+
+import json
+import sys
+import tempfile
+
+import jax
+
+from configs import adversarial_training as adv_presets
+from configs import loss_comparison as lc_presets
+from experiments import adversarial_training_lib as adv_lib
+from experiments import common
+from experiments import loss_comparison_lib as lc_lib
+
+
+def loss_comparison(workdir):
+  results, _ = lc_lib.run(lc_presets.get_config("smoke"), workdir,
+                          log=lambda s: None)
+  return ([row["test_accuracy"]["mean"] for row in results["per_tau"]],
+          results["dataset"]["num_test"])
+
+
+def main():
+  out = {"num_devices": jax.device_count()}
+  with tempfile.TemporaryDirectory() as tmp:
+    mesh = common.data_mesh(lc_presets.get_config("smoke"))
+    out["mesh_size"] = None if mesh is None else mesh.size
+    out["lc_parallel"], out["num_test"] = loss_comparison(
+        tmp + "/lc_parallel")
+    data_mesh = common.data_mesh
+    common.data_mesh = lambda config: None
+    try:
+      out["lc_single"], _ = loss_comparison(tmp + "/lc_single")
+    finally:
+      common.data_mesh = data_mesh
+    adv = adv_lib.run_experiment(adv_presets.get_config("smoke"),
+                                 tmp + "/adv")
+    out["adv_runs"] = [{k: r.get(k) for k in ("method", "status",
+                                               "clean_accuracy",
+                                               "robust_pgd20")}
+                       for r in adv["runs"]]
+    try:
+      config = lc_presets.get_config("smoke")
+      config.batch_size = 126
+      common.data_mesh(config)
+    except ValueError as error:
+      out["bad_batch_error"] = str(error)
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  sys.exit(main())

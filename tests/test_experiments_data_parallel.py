@@ -1,21 +1,15 @@
 """Both experiments run data-parallel over every device (4 fake CPU devices)."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_experiments_are_data_parallel_over_every_device():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  proc = subprocess.run(
-      [sys.executable, str(REPO / "tests" / "experiments_mesh_script.py")],
-      env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def test_experiments_are_data_parallel_over_every_device(
+    run_on_fake_cpu_devices):
+  proc = run_on_fake_cpu_devices(
+      [str(REPO / "tests" / "experiments_mesh_script.py")])
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["num_devices"] == 4 and out["mesh_size"] == 4
   # Loss comparison: the data-parallel sweep gives the single-device test

@@ -8,10 +8,7 @@ for the vmapped step, and a 1-device run for the 4-device mesh.
 
 import json
 import math
-import os
 import pathlib
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -300,14 +297,9 @@ def test_vmapped_members_equal_separate_runs(optimizer_name):
                         training.unstack_states(members)[1].params) > 1e-3
 
 
-def test_four_fake_devices_match_one_device():
-  env = dict(os.environ,
-             XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-      [sys.executable, str(REPO / "tests" / "train_mesh_script.py")],
-      env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def test_four_fake_devices_match_one_device(run_on_fake_cpu_devices):
+  proc = run_on_fake_cpu_devices(
+      [str(REPO / "tests" / "train_mesh_script.py")], timeout=300)
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["num_devices"] == 4 and out["mesh_size"] == 4
   for name in ("single", "members"):
@@ -465,13 +457,9 @@ print("done", int(state.step), float(metrics["loss"]))
 """
 
 
-def test_many_async_steps_on_fake_cpu_devices_do_not_deadlock():
+def test_many_async_steps_on_fake_cpu_devices_do_not_deadlock(
+    run_on_fake_cpu_devices):
   """Without the per-step wait, XLA:CPU's all-reduce deadlocked here (abort
   after a 40 s rendezvous timeout) in every run of this session's repro."""
-  env = dict(os.environ,
-             XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", _MANY_STEPS_SCRIPT], env=env,
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run_on_fake_cpu_devices(["-c", _MANY_STEPS_SCRIPT], timeout=300)
   assert proc.stdout.split()[:2] == ["done", "1500"]

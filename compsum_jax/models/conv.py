@@ -26,7 +26,9 @@ that was never slower for the layer shapes tried and up to 13× faster for
 strided layers (3×3, 64→128, stride 2 on 4×4 inputs, batch 397: 1.4 ms
 against 17.8 ms), which speeds up attacks (input gradients) and the
 backward pass of training; the forward pass and the kernel gradient stay
-lax convolutions.
+lax convolutions. (For a tiny network the bookkeeping can cost more than it
+saves: one train step of the digits CNN 16-32 took 1.13 ms against 1.04 ms
+with lax; the 32×32 CNN 32-64-128 took 164 ms against 189 ms.)
 
 Other platforms (GPU, TPU) keep the lax convolution and JAX's default vmap
 rule everywhere (``jax.lax.platform_dependent`` picks the branch when the

@@ -78,9 +78,9 @@ class CNN(nn.Module):
     member_conv: convolve with :func:`compsum_jax.models.conv.member_conv`
       (default): identical results, and under ``jax.vmap`` over stacked
       members it runs as batched matmuls instead of a grouped convolution
-      (1.75× the throughput of sequential steps for K = 15 on 2 CPU cores,
-      where the grouped convolution was 0.67×; benchmarks/results/
-      train_step.md). False: ``lax.conv_general_dilated``, e.g. for
+      (1.65–1.85× the throughput of sequential steps for K = 15 digits CNNs
+      on 2 CPU cores, where the grouped convolution gave 0.63–0.73×;
+      benchmarks/results/train_step.md). False: ``lax.conv_general_dilated``, e.g. for
       ``jax.jvp`` through the model, which the custom VJP does not support.
   """
 

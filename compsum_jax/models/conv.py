@@ -165,7 +165,8 @@ def _stacked_conv(strides: tuple[int, int],
     return jax.vmap(conv_vjp, in_axes=in_axes)(x, kernel, g), (True, True)
 
   # custom_vmap functions are not differentiable; the backward pass is (for
-  # higher-order gradients), through the plain lax VJP and its default vmap.
+  # higher-order gradients), through plain JAX autodiff of conv_vjp and the
+  # default vmap rules.
   @jax.custom_vjp
   def backward(x, kernel, g):
     return backward_rule(x, kernel, g)

@@ -80,8 +80,9 @@ class CNN(nn.Module):
       members it runs as batched matmuls instead of a grouped convolution
       (1.65–1.85× the throughput of sequential steps for K = 15 digits CNNs
       on 2 CPU cores, where the grouped convolution gave 0.63–0.73×;
-      benchmarks/results/train_step.md). False: ``lax.conv_general_dilated``, e.g. for
-      ``jax.jvp`` through the model, which the custom VJP does not support.
+      benchmarks/results/train_step.md). False: ``lax.conv_general_dilated``,
+      e.g. for ``jax.jvp`` through the model, which the custom VJP does not
+      support.
   """
 
   num_classes: int

@@ -380,7 +380,7 @@ def solve_score_bounded(probs: jax.Array, tau: jax.Array | float,
 # On CPU, large batches are solved in chunks of this many problems
 # (``jax.lax.map`` with ``batch_size``): the [chunk, C, n] intermediates stay
 # in cache instead of streaming ~0.5 GB arrays through memory at 10⁵ problems
-# (benchmarks/results/theory.md: 1.5× faster). Accelerators take the whole
+# (benchmarks/results/theory.md: 1.43× faster). Accelerators take the whole
 # batch at once.
 _CPU_CHUNK = 1024
 

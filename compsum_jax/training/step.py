@@ -37,8 +37,8 @@ Performance (measured on 2 CPU cores, benchmarks/results/train_step.md): a
 convolution vmapped over per-member kernels becomes, by JAX's default rule, a
 grouped convolution that XLA:CPU runs several times slower than K separate
 ones; models built on ``compsum_jax.models.member_conv`` (the ``CNN``) run it
-as batched matmuls instead, and 15 vmapped digits CNNs train 1.85× faster
-than 15 sequential steps (MLP: 1.12×). The ResNets use the lax convolution
+as batched matmuls instead, and 15 vmapped digits CNNs train 1.65–1.85×
+faster than 15 sequential steps (MLP: 1.08–1.17×). The ResNets use the lax convolution
 (their target is a GPU). A ``jax.lax.map`` over members inside the step was
 slower still on CPU and is not offered.
 

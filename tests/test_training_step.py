@@ -302,10 +302,10 @@ def test_four_fake_devices_match_one_device(run_on_fake_cpu_devices):
       [str(REPO / "tests" / "train_mesh_script.py")], timeout=300)
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["num_devices"] == 4 and out["mesh_size"] == 4
-  for name in ("single", "members"):
+  for name in ("single", "members", "member_mesh_4x1", "member_mesh_2x2"):
     result = out[name]
     assert result["devices_1"] == [1]
-    assert result["devices_4"] == [4]  # batch sharded, state replicated
+    assert result["devices_4"] == [4]  # every device of the mesh takes part
     assert result["param_scale"] > 0.1
     for field in ("params", "batch_stats", "ema_params", "opt_state",
                   "loss"):
@@ -315,10 +315,29 @@ def test_four_fake_devices_match_one_device(run_on_fake_cpu_devices):
     assert e1["count"] == e4["count"]
     assert np.all(np.asarray(e1["count"]) == 13)
     np.testing.assert_allclose(e1["loss"], e4["loss"], rtol=1e-5)
+  # ('data',) mesh: state replicated (all 3 members on every device), XLA
+  # all-reduces gradients; ('members',) mesh: one member per device and no
+  # collective at all; ('members', 'data') 2×2: 2 members per device,
+  # all-reduces within each data group.
+  assert out["members"]["local_members"] == [3]
+  assert out["members"]["collectives"] > 0
+  assert out["member_mesh_4x1"]["local_members"] == [1]
+  assert out["member_mesh_4x1"]["collectives"] == 0
+  assert out["member_mesh_2x2"]["local_members"] == [2]
+  assert out["member_mesh_2x2"]["collectives"] > 0
   fit = out["fit"]  # fit() with the mesh vs without, then resumed
   assert fit["steps"] == 8 and fit["params"] < 1e-5
   assert fit["resumed_from_step"] == 8 and fit["resumed_equal"] == 0.0
   assert fit["restored_devices"] == 4
+  errors = out["errors"]  # bad member counts name the value
+  assert "num_members=3" in errors["step"] and "'members'" in errors["step"]
+  assert "multiple of 2" in errors["place"]
+  assert "data_shards=2" in errors["mesh"]
+  fit = out["fit_member_mesh"]  # 4 members on a 2×2 ('members', 'data') mesh
+  assert fit["steps"] == 8 and fit["params"] < 1e-5
+  assert fit["resumed_from_step"] == 8 and fit["resumed_equal"] == 0.0
+  assert fit["restored_devices"] == 4
+  assert fit["restored_local_members"] == [2]  # restored member-split
 
 
 def test_nonfinite_loss_is_flagged():
@@ -463,3 +482,25 @@ def test_many_async_steps_on_fake_cpu_devices_do_not_deadlock(
   after a 40 s rendezvous timeout) in every run of this session's repro."""
   proc = run_on_fake_cpu_devices(["-c", _MANY_STEPS_SCRIPT], timeout=300)
   assert proc.stdout.split()[:2] == ["done", "1500"]
+
+
+def test_member_mesh_checks_on_one_device():
+  model = Linear()
+  optimizer = training.make_optimizer(
+      {"name": "sgd", "learning_rate": 0.1, "schedule": "constant"}, 10)
+  objective = training.classification_objective(model)
+  mesh = training.make_member_mesh(1)
+  assert tuple(mesh.axis_names) == ("members", "data")
+  assert training.mesh_axis_size(mesh, "members") == 1
+  assert training.mesh_axis_size(None, "data") == 1
+  with pytest.raises(ValueError, match="needs stacked members"):
+    training.make_train_step(objective, optimizer, mesh=mesh)
+  with pytest.raises(ValueError, match="member_shards=0"):
+    training.make_member_mesh(0)
+  too_many = len(jax.devices()) + 1
+  with pytest.raises(ValueError, match=f"member_shards={too_many}"):
+    training.make_member_mesh(too_many)
+  bad = jax.make_mesh((1,), ("model",),
+                      axis_types=(jax.sharding.AxisType.Auto,))
+  with pytest.raises(ValueError, match="'model'"):
+    training.make_train_step(objective, optimizer, mesh=bad, num_members=2)

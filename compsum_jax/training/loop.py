@@ -46,7 +46,7 @@ import tqdm
 from compsum_jax.training import metrics as metrics_lib
 from compsum_jax.training.checkpoint import CheckpointStore
 from compsum_jax.training.state import TrainState
-from compsum_jax.training.step import Batch, replicate, shard_batch
+from compsum_jax.training.step import Batch, place_state, shard_batch
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -125,8 +125,9 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
     config: the run's config (ConfigDict or dict of primitives); saved as
       config.json, and must equal the saved one when resuming.
     state: the freshly initialised state (also the template for restoring);
-      placed replicated on ``mesh``. It is consumed: the donating train step
-      reuses its buffers, so use ``FitResult.state`` afterwards.
+      placed on ``mesh`` with :func:`place_state`. It is consumed: the
+      donating train step reuses its buffers, so use ``FitResult.state``
+      afterwards.
     train_step: from :func:`make_train_step` (with the same ``mesh``).
     train_batches: ``epoch -> iterable of host batches`` (dicts of NumPy
       arrays [B, ...]); must be a pure function of (seed, epoch), e.g.
@@ -135,7 +136,7 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
     steps_per_epoch: updates per epoch (``data.num_train_batches``).
     num_epochs: total epochs of the run (a resumed run stops at the same
       total).
-    mesh: ('data',) mesh used by ``train_step``; batches are sharded on it.
+    mesh: the mesh ``train_step`` was built with; batches are sharded on it.
     evaluate_fn: ``(state, epochs_done) -> {name: value}`` called every
       ``eval_every_epochs`` epochs and after the last one; values are numbers
       or [K] arrays; logged as split 'eval' and stored with the checkpoint.
@@ -181,7 +182,7 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
   store = CheckpointStore(os.path.join(workdir, CHECKPOINT_DIR),
                           keep=keep_checkpoints, best_metric=best_metric,
                           best_mode=best_mode)
-  state = replicate(state, mesh)
+  state = place_state(state, mesh)
   resumed_from = store.latest_step()
   if resumed_from is not None:
     state, meta = store.restore(state, resumed_from)

@@ -72,6 +72,13 @@ Fields (primitives only):
     train step's K-member mode), 'sequential' (one member after another) or
     'auto' (the default: vmap, falling back to sequential if the vmapped
     step runs out of memory).
+  cpu_devices: None, or N host-platform CPU devices to create (CPU hosts:
+    lets the steps use several cores; must be set on the command line or in
+    the preset, it is applied before JAX starts).
+  member_shards: with several devices, how many device groups split the
+    vmapped members (each group trains K / member_shards of them; must
+    divide K); None: gcd(K, devices). The remaining devices of each group
+    split the batch (data parallelism).
   bound_check: None (on exactly when posteriors are known, i.e. synthetic),
     True or False.
   companion: '' or the name of a preset run after this one in
@@ -124,6 +131,8 @@ def _base() -> ml_collections.ConfigDict:
   c.augment = ml_collections.config_dict.placeholder(bool)
   c.augment_flip = True
   c.sweep_mode = "auto"  # vmap where it fits in memory, else sequential
+  c.cpu_devices = ml_collections.config_dict.placeholder(int)
+  c.member_shards = ml_collections.config_dict.placeholder(int)
   c.bound_check = ml_collections.config_dict.placeholder(bool)
   c.companion = ""
   c.keep_checkpoints = 2

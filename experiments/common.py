@@ -176,27 +176,72 @@ def build_model(config: Any, dataset: data_lib.Dataset) -> nn.Module:
                               dataset.num_classes, **kwargs)
 
 
-def data_mesh(config: Any) -> jax.sharding.Mesh | None:
-  """The ('data',) mesh over every device, or None with a single device.
+def configure_cpu_devices(config: Any) -> None:
+  """Applies ``config.cpu_devices`` (if set): N host-platform CPU devices.
 
-  The experiments' train and eval steps are data-parallel over it (the
-  global batch split over the devices, the state replicated; see
-  ``compsum_jax.training.step``).
+  Must run before JAX initialises its backends (first thing in ``main``).
+  On a CPU-only host several CPU devices let the steps run in parallel on
+  the cores: data-parallel batch shards, or member groups on a 'members'
+  mesh axis (see :func:`data_mesh`). No effect on GPU/TPU devices.
+
+  Raises:
+    ValueError: ``cpu_devices`` is not an integer >= 1, or JAX's backends
+      were already initialised with another number of CPU devices.
+  """
+  value = config.get("cpu_devices") if hasattr(config, "get") else None
+  if value is None:
+    return
+  count = check_int(config, "cpu_devices", low=1)
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError as error:
+    raise ValueError(f"config.cpu_devices={count} must be applied before JAX "
+                     f"starts its backends ({error})") from None
+
+
+def data_mesh(config: Any, num_members: int | None = None
+              ) -> jax.sharding.Mesh | None:
+  """The mesh of the experiments' steps over every device; None on one.
+
+  Single members (``num_members=None``): the ('data',) mesh: the global batch
+  is split over all devices, the state replicated (see
+  ``compsum_jax.training.step``). K stacked members: a ('members', 'data')
+  mesh whose 'members' axis has ``config.member_shards`` devices (None: the
+  largest number of devices dividing both K and the device count, i.e.
+  gcd(K, devices)); each member group trains K / member_shards members on
+  its own devices, and the batch is split over the remaining 'data' axis.
+  When that 'members' size is 1 this is the ('data',) mesh again.
 
   Raises:
     ValueError: ``config.batch_size`` or ``config.eval_batch_size`` is not a
-      multiple of the number of devices.
+      multiple of the 'data' axis size, or ``config.member_shards`` does not
+      divide K or exceeds the devices.
   """
   count = jax.device_count()
   if count == 1:
     return None
+  shards = 1
+  if num_members is not None:
+    requested = config.get("member_shards") if hasattr(config, "get") else None
+    if requested is None:
+      shards = math.gcd(int(num_members), count)
+    else:
+      shards = check_int(config, "member_shards", low=1, high=count)
+      if num_members % shards:
+        raise ValueError(f"config.member_shards={shards} must divide the "
+                         f"{num_members} members (taus × num_seeds)")
+  data = count // shards
   for field in ("batch_size", "eval_batch_size"):
     value = int(config_value(config, field))
-    if value % count:
+    if value % data:
       raise ValueError(f"config.{field}={value} must be a multiple of the "
-                       f"{count} devices: every batch is split over all "
-                       "devices (data parallelism)")
-  return training.make_data_mesh()
+                       f"{data} devices that split every batch (data "
+                       f"parallelism over {count} devices"
+                       + (f", {shards} member groups" if shards > 1 else "")
+                       + ")")
+  if shards == 1:
+    return training.make_data_mesh()
+  return training.make_member_mesh(shards, data)
 
 
 def steps_per_epoch(config: Any, dataset: data_lib.Dataset) -> int:

@@ -24,6 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import loss_comparison as presets
+from experiments import common
 from experiments import loss_comparison_lib as lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -49,6 +50,7 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   config = _CONFIG.value
   lib.validate_config(config)  # fail fast, before any data is loaded
+  common.configure_cpu_devices(config)  # before JAX starts its backends
   workdir = _WORKDIR.value
   if config.companion:
     presets.get_config(config.companion)  # validated by validate_config too

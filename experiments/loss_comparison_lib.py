@@ -99,7 +99,7 @@ MEMBERS_DIR = "members"
 # Config fields that do not change what is trained or measured.
 BOOKKEEPING_FIELDS = ("progress", "tensorboard", "log_every_steps",
                       "keep_checkpoints", "checkpoint_every_epochs",
-                      "companion")
+                      "companion", "cpu_devices", "member_shards")
 
 
 def tau_name(tau: float) -> str:
@@ -151,6 +151,9 @@ def validate_config(config: Any) -> None:
   common.check_int(config, "checkpoint_every_epochs", low=1)
   common.check_int(config, "log_every_steps", low=1)
   common.check_choice(config, "sweep_mode", SWEEP_MODES)
+  for field in ("cpu_devices", "member_shards"):
+    if common.config_value(config, field) is not None:
+      common.check_int(config, field, low=1)
   check = common.config_value(config, "bound_check")
   if check is True and common.dataset_name(config) != "synthetic":
     raise ValueError(f"config.bound_check=True needs known posteriors "
@@ -192,8 +195,8 @@ class Sweep:
     objective: ``objective(params, batch_stats, batch, rng)`` for the step.
     posteriors: exact p(·|x) of the test inputs, float64 [N_test, n], when
       the bound check is on; else None.
-    mesh: ('data',) mesh over every device (data-parallel steps), or None on
-      a single device.
+
+  The steps' meshes come from :meth:`mesh_for`.
   """
 
   config: Any
@@ -207,12 +210,20 @@ class Sweep:
   augment_fn: Callable[..., dict] | None
   objective: Callable[..., tuple[jax.Array, dict]]
   posteriors: np.ndarray | None
-  mesh: jax.sharding.Mesh | None = None
   compiled: dict[tuple, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def bound_check(self) -> bool:
     return self.posteriors is not None
+
+  def mesh_for(self, num_members: int | None) -> jax.sharding.Mesh | None:
+    """The steps' mesh over every device (None on one device).
+
+    ('data',) for one member; for K stacked members also a 'members' axis
+    where K and the device count share a divisor (``common.data_mesh``).
+    """
+    return self.cached(("mesh", num_members), lambda: common.data_mesh(
+        self.config, num_members))
 
   def cached(self, key: tuple, build: Callable[[], Any]) -> Any:
     """``build()`` once per key: sequential members share compiled steps."""
@@ -238,12 +249,17 @@ def build_sweep(config: Any) -> Sweep:
   if check:
     posteriors = np.asarray(dataset.posterior_fn(
         np.asarray(dataset.test.images, np.float64)), np.float64)
-  return Sweep(config=config, dataset=dataset, model=model, members=members,
-               steps_per_epoch=spe, total_steps=total, optimizer=optimizer,
-               schedule=schedule,
-               augment_fn=common.make_augment_fn(config, dataset),
-               objective=common.make_objective(model, "comp_sum"),
-               posteriors=posteriors, mesh=common.data_mesh(config))
+  sweep = Sweep(config=config, dataset=dataset, model=model, members=members,
+                steps_per_epoch=spe, total_steps=total, optimizer=optimizer,
+                schedule=schedule,
+                augment_fn=common.make_augment_fn(config, dataset),
+                objective=common.make_objective(model, "comp_sum"),
+                posteriors=posteriors)
+  # The mesh of the sweep mode's first group, built now so that a bad batch
+  # size or member_shards fails before any training.
+  sweep.mesh_for(None if config.sweep_mode == "sequential"
+                 else len(members))
+  return sweep
 
 
 def member_groups(members: Sequence[common.Member], mode: str
@@ -328,9 +344,10 @@ def make_evaluate_fn(sweep: Sweep, group: Sequence[common.Member], *,
   """
   config = sweep.config
   num_members = len(group) if stacked else None
+  mesh = sweep.mesh_for(num_members)
   eval_step = sweep.cached(("eval_step", num_members), lambda: (
       training.make_eval_step(training.classification_eval_fn(sweep.model),
-                              num_members=num_members, mesh=sweep.mesh)))
+                              num_members=num_members, mesh=mesh)))
   logits_fn = sweep.cached(("logits_fn", stacked), lambda: (
       common.make_logits_fn(sweep.model, stacked=stacked)))
   batch_size = int(config.eval_batch_size)
@@ -339,9 +356,9 @@ def make_evaluate_fn(sweep: Sweep, group: Sequence[common.Member], *,
   def evaluate_fn(state: training.TrainState, epochs_done: int) -> dict:
     del epochs_done
     test = common.evaluate_split(eval_step, state, sweep.dataset.test,
-                                 batch_size, mesh=sweep.mesh)
+                                 batch_size, mesh=mesh)
     train = common.evaluate_split(eval_step, state, sweep.dataset.train,
-                                  batch_size, mesh=sweep.mesh)
+                                  batch_size, mesh=mesh)
     out = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
            "test_cross_entropy": test["cross_entropy"],
            "train_accuracy": train["accuracy"], "train_loss": train["loss"]}
@@ -381,10 +398,11 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
   state = common.init_states(sweep.model, sweep.optimizer, group,
                              sweep.dataset.input_shape, stacked=stacked)
   num_members = len(group) if stacked else None
+  mesh = sweep.mesh_for(num_members)
   train_step = sweep.cached(("train_step", num_members), lambda: (
       training.make_train_step(sweep.objective, sweep.optimizer,
                                augment_fn=sweep.augment_fn,
-                               num_members=num_members, mesh=sweep.mesh)))
+                               num_members=num_members, mesh=mesh)))
   # The run's identity for resuming: the config without the bookkeeping
   # switches, so e.g. --config.progress=False may change between starts.
   identity = {k: v for k, v in common.to_jsonable(config).items()
@@ -396,7 +414,7 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
   try:
     return training.fit(
         workdir=workdir, config=run_config, state=state,
-        train_step=train_step, mesh=sweep.mesh,
+        train_step=train_step, mesh=mesh,
         train_batches=common.epoch_batches(config, sweep.dataset),
         steps_per_epoch=sweep.steps_per_epoch,
         num_epochs=int(config.num_epochs),

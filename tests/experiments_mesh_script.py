@@ -1,6 +1,8 @@
 """Subprocess helper for test_experiments_data_parallel: both experiments'
-smoke presets on 4 fake CPU devices (data-parallel steps), and the loss
-comparison once more with the mesh switched off, in the same process.
+smoke presets on 4 fake CPU devices (data-parallel steps; the loss
+comparison's 6 vmapped members split over 2 member groups), and the loss
+comparison again with pure data parallelism (member_shards=1) and with the
+mesh switched off, in the same process.
 
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=4 set before jax is
 imported; prints one JSON line.
@@ -19,9 +21,10 @@ from experiments import common
 from experiments import loss_comparison_lib as lc_lib
 
 
-def loss_comparison(workdir):
-  results, _ = lc_lib.run(lc_presets.get_config("smoke"), workdir,
-                          log=lambda s: None)
+def loss_comparison(workdir, **overrides):
+  config = lc_presets.get_config("smoke")
+  config.update(overrides)
+  results, _ = lc_lib.run(config, workdir, log=lambda s: None)
   return ([row["test_accuracy"]["mean"] for row in results["per_tau"]],
           results["dataset"]["num_test"])
 
@@ -29,12 +32,18 @@ def loss_comparison(workdir):
 def main():
   out = {"num_devices": jax.device_count()}
   with tempfile.TemporaryDirectory() as tmp:
-    mesh = common.data_mesh(lc_presets.get_config("smoke"))
+    config = lc_presets.get_config("smoke")
+    mesh = common.data_mesh(config)
     out["mesh_size"] = None if mesh is None else mesh.size
+    num_members = len(config.taus) * config.num_seeds
+    member_mesh = common.data_mesh(config, num_members)
+    out["member_mesh"] = dict(member_mesh.shape)
     out["lc_parallel"], out["num_test"] = loss_comparison(
         tmp + "/lc_parallel")
+    out["lc_data_only"], _ = loss_comparison(tmp + "/lc_data_only",
+                                             member_shards=1)
     data_mesh = common.data_mesh
-    common.data_mesh = lambda config: None
+    common.data_mesh = lambda config, num_members=None: None
     try:
       out["lc_single"], _ = loss_comparison(tmp + "/lc_single")
     finally:
@@ -51,6 +60,12 @@ def main():
       common.data_mesh(config)
     except ValueError as error:
       out["bad_batch_error"] = str(error)
+    try:
+      config = lc_presets.get_config("smoke")
+      config.member_shards = 4
+      common.data_mesh(config, num_members)
+    except ValueError as error:
+      out["bad_shards_error"] = str(error)
   print(json.dumps(out))
 
 

@@ -10,7 +10,10 @@ mean/std for the per-τ statistics.
 import json
 import math
 import os
+import pathlib
 import shutil
+import subprocess
+import sys
 import time
 
 import jax
@@ -63,6 +66,8 @@ def test_unknown_preset():
     ("model.name", "resnet1000", r"config\.model\.name"),
     ("optimizer.learning_rate", 0.0, r"config\.optimizer\.learning_rate"),
     ("companion", "nope", r"config\.companion"),
+    ("cpu_devices", 0, r"config\.cpu_devices"),
+    ("member_shards", 0, r"config\.member_shards"),
 ])
 def test_bad_config_names_the_field(field, value, pattern):
   config = presets.get_config("smoke")
@@ -74,6 +79,31 @@ def test_bad_config_names_the_field(field, value, pattern):
     parent[last] = value
   with pytest.raises(ValueError, match=pattern):
     lib.validate_config(config)
+
+
+_CPU_DEVICES_SCRIPT = """
+from experiments import common
+common.configure_cpu_devices({"cpu_devices": None})  # None: no change
+common.configure_cpu_devices({"cpu_devices": 3})
+import jax
+print(jax.device_count())
+try:
+  common.configure_cpu_devices({"cpu_devices": 2})
+except ValueError as error:
+  print(error)
+"""
+
+
+def test_cpu_devices_creates_host_devices_before_jax_starts():
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu",
+             PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+  proc = subprocess.run([sys.executable, "-c", _CPU_DEVICES_SCRIPT], env=env,
+                        capture_output=True, text=True, timeout=120,
+                        cwd=env["PYTHONPATH"], check=True)
+  count, error = proc.stdout.strip().splitlines()[-2:]
+  assert count == "3"
+  assert "config.cpu_devices=2" in error and "before JAX" in error
 
 
 def test_unknown_dataset_option_names_the_field():

@@ -43,6 +43,20 @@ def test_digits_is_a_partition_of_sklearn_digits():
                                                            bunch.target)
 
 
+def test_digits_file_reader_equals_sklearn_in_order(monkeypatch):
+  from compsum_jax.data import offline
+
+  bunch = load_digits()
+  pixels, labels = offline._digits_arrays()  # the CSV read directly
+  np.testing.assert_array_equal(pixels, bunch.images)
+  np.testing.assert_array_equal(labels, bunch.target)
+  # Without the file where scikit-learn keeps it: sklearn's own loader.
+  monkeypatch.setattr(offline.importlib.util, "find_spec", lambda name: None)
+  pixels, labels = offline._digits_arrays()
+  np.testing.assert_array_equal(pixels, bunch.images)
+  np.testing.assert_array_equal(labels, bunch.target)
+
+
 def _pair_multiset(images, labels) -> list[bytes]:
   return sorted(im.tobytes() + bytes([int(y)])
                 for im, y in zip(images, labels, strict=True))

@@ -240,6 +240,14 @@ def main() -> None:
       "vmapped K-member step costs about as much as K single-member steps "
       "(section 2); on an accelerator, where a single small member leaves "
       "the device idle, the step itself also gains.",
+      "* Member groups (`--config.cpu_devices=N`, section 1's last row): "
+      "the 15 members split over gcd(15, N) host CPU devices, each running "
+      "its own members in parallel. In the train step alone that was "
+      "1.4–1.5× faster than the one-device vmapped MLP step "
+      "(benchmarks/results/train_step.md, section 2), but over the whole "
+      "digits run it gains little or nothing: each step then launches N "
+      "device programs, and the rest of the run (start-up, compilation, "
+      "evaluation, plots) does not shrink.",
       "* Check the load average above: on a shared host absolute times and "
       "the ratio move with the load.",
       "* History: with a checkpoint after every epoch (before "

@@ -554,6 +554,9 @@ def summarize(sweep: Sweep, histories: Sequence[Mapping[str, list]],
                 "steps_per_epoch": sweep.steps_per_epoch,
                 "total_steps": sweep.total_steps,
                 "num_epochs": int(config.num_epochs),
+                "num_devices": jax.device_count(),
+                "mesh": _mesh_shape(sweep.mesh_for(
+                    len(sweep.members) if mode == "vmap" else None)),
                 "std": "sample standard deviation over seeds (ddof=1)"},
       "per_tau": per_tau,
       "members": members_out,
@@ -600,6 +603,24 @@ def _bound_summary(sweep: Sweep, members: Sequence[Mapping[str, Any]]
           "per_tau": per_tau}
 
 
+def _devices_text(sweep_results: Mapping[str, Any]) -> str:
+  """' on 4 devices (2 member groups × batch split 2)' or '' on one."""
+  count = sweep_results.get("num_devices", 1)
+  if count == 1:
+    return ""
+  mesh = sweep_results.get("mesh") or {"members": 1, "data": count}
+  return (f" on {count} devices ({mesh['members']} member groups × batch "
+          f"split {mesh['data']})")
+
+
+def _mesh_shape(mesh: jax.sharding.Mesh | None) -> dict[str, int]:
+  """{'members': groups, 'data': batch shards} of the steps' mesh."""
+  if mesh is None:
+    return {"members": 1, "data": 1}
+  return {"members": training.mesh_axis_size(mesh, training.MEMBER_AXIS),
+          "data": training.mesh_axis_size(mesh, training.DATA_AXIS)}
+
+
 def results_table(results: Mapping[str, Any]) -> str:
   """results.md: header facts and the per-τ table (mean ± std over seeds)."""
   ds, sw = results["dataset"], results["sweep"]
@@ -618,7 +639,7 @@ def results_table(results: Mapping[str, Any]) -> str:
       f"batch {config['batch_size']}",
       f"- {sw['num_members']} members = {len(sw['taus'])} τ × "
       f"{sw['num_seeds']} seeds {sw['seeds']}, trained in '{sw['mode']}' "
-      "mode; mean ± sample std over seeds", ""]
+      f"mode{_devices_text(sw)}; mean ± sample std over seeds", ""]
   header = ["τ", "loss", "test accuracy (%)", "final train ℓ_τ",
             "test ℓ_τ", "test CE"]
   check = results["bound_check"]

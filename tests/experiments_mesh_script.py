@@ -24,9 +24,14 @@ from experiments import loss_comparison_lib as lc_lib
 def loss_comparison(workdir, **overrides):
   config = lc_presets.get_config("smoke")
   config.update(overrides)
-  results, _ = lc_lib.run(config, workdir, log=lambda s: None)
+  results, paths = lc_lib.run(config, workdir, log=lambda s: None)
+  with open(paths["table"], encoding="utf-8") as f:
+    table = f.read()
   return ([row["test_accuracy"]["mean"] for row in results["per_tau"]],
-          results["dataset"]["num_test"])
+          {"num_test": results["dataset"]["num_test"],
+           "mesh": results["sweep"]["mesh"],
+           "devices_line": [line for line in table.splitlines()
+                            if "members =" in line]})
 
 
 def main():
@@ -38,10 +43,11 @@ def main():
     num_members = len(config.taus) * config.num_seeds
     member_mesh = common.data_mesh(config, num_members)
     out["member_mesh"] = dict(member_mesh.shape)
-    out["lc_parallel"], out["num_test"] = loss_comparison(
-        tmp + "/lc_parallel")
-    out["lc_data_only"], _ = loss_comparison(tmp + "/lc_data_only",
-                                             member_shards=1)
+    out["lc_parallel"], facts = loss_comparison(tmp + "/lc_parallel")
+    out["num_test"] = facts["num_test"]
+    out["lc_parallel_facts"] = facts
+    out["lc_data_only"], out["lc_data_only_facts"] = loss_comparison(
+        tmp + "/lc_data_only", member_shards=1)
     data_mesh = common.data_mesh
     common.data_mesh = lambda config, num_members=None: None
     try:

@@ -17,6 +17,10 @@ def test_experiments_are_data_parallel_over_every_device(
   # Its 6 vmapped members (3 τ × 2 seeds) split into gcd(6, 4) = 2 member
   # groups of 2 devices each; member_shards=1 is pure data parallelism.
   assert out["member_mesh"] == {"members": 2, "data": 2}
+  assert out["lc_parallel_facts"]["mesh"] == {"members": 2, "data": 2}
+  assert out["lc_data_only_facts"]["mesh"] == {"members": 1, "data": 4}
+  assert "on 4 devices (2 member groups × batch split 2)" in (
+      out["lc_parallel_facts"]["devices_line"][0])
   num_test = out["num_test"]
   for name in ("lc_parallel", "lc_data_only"):
     for parallel, single in zip(out[name], out["lc_single"], strict=True):

@@ -326,6 +326,9 @@ def test_smoke_writes_documented_files(smoke_run):
                           "bound_check", "files"}
   assert on_disk["config"]["taus"] == [0.0, 1.0, 2.0]
   assert on_disk["sweep"]["mode"] == "vmap"
+  assert on_disk["sweep"]["num_devices"] == jax.device_count()
+  if jax.device_count() == 1:
+    assert on_disk["sweep"]["mesh"] == {"members": 1, "data": 1}
   assert on_disk["bound_check"]["applicable"] is False
   for row in on_disk["per_tau"]:
     for key in ("test_accuracy", "final_surrogate_loss",

@@ -29,6 +29,8 @@ from compsum_jax.training.state import (
     unstack_states,
 )
 from compsum_jax.training.step import (
+    DATA_AXIS,
+    MEMBER_AXIS,
     evaluate,
     make_data_mesh,
     make_eval_step,
@@ -41,6 +43,8 @@ from compsum_jax.training.step import (
 )
 
 __all__ = [
+    "DATA_AXIS",
+    "MEMBER_AXIS",
     "CheckpointStore",
     "FitResult",
     "MetricsWriter",

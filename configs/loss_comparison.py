@@ -42,6 +42,9 @@ index), and compared on clean test labels. Presets (``get_config(arg)``):
   ResNets at batch 1024 would need 15× one member's activation memory, which
   we expect (not measured) to exceed one accelerator; try
   ``--config.sweep_mode=auto`` to attempt the vmapped sweep with fallback.
+  On several accelerators a vmapped sweep splits the members into
+  gcd(K, devices) groups, each on its own devices (e.g. 15 members on 5 or
+  15 GPUs; ``--config.member_shards``), which divides the memory per device.
 
 Any field can be overridden on the command line, e.g.
 ``--config.taus=0,1,2 --config.label_noise.rate=0.4 --config.num_seeds=1``.

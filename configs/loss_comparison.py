@@ -11,8 +11,10 @@ index), and compared on clean test labels. Presets (``get_config(arg)``):
     python -m experiments.loss_comparison \
         --config=configs/loss_comparison.py:digits --workdir=runs/demo
 
-  Measured (2-core AMD EPYC CPU shared with other jobs, load ≈ 14): 66 s wall
-  for both runs (digits part alone 27 s). Clean test accuracy, mean ± std
+  Measured (2-core AMD EPYC CPU, load ≈ 1.6, 2026-11-27): ``make demo``
+  16.8 s wall for both runs (the digits part alone 11.8 s in
+  benchmarks/results/loss_comparison.md; 66 s for both on the same CPU
+  shared with other jobs at load ≈ 14). Clean test accuracy, mean ± std
   over 3 seeds: τ=0 98.2 ± 0.8, τ=0.5 98.2 ± 0.6, τ=1 98.1 ± 1.0,
   τ=1.5 97.0 ± 0.7, τ=2 96.5 ± 0.6 (%). With
   ``--config.label_noise.rate=0.4`` (symmetric): 82.0, 83.4, 84.9, 92.2,
@@ -22,7 +24,8 @@ index), and compared on clean test labels. Presets (``get_config(arg)``):
   every evaluation the zero-one and surrogate estimation errors of every
   member are computed against the pointwise best (complete family, notes
   §4.1) and the bound E[ΔC_0-1] ≤ Γ_τ(E[ΔC_τ]) (notes §3.1) is checked.
-  About 35 s on the same loaded CPU; test accuracy 76.4–77.9 % for all τ
+  About 5 s on the quiet CPU above (35 s at load ≈ 14); test accuracy
+  76.4–77.9 % for all τ
   (Bayes classifier: E_x[max_y p(y|x)] = 77.4 % on the test inputs, 78.2 %
   on the sampled test labels); the bound held at all 150 checks (min slack
   0.028, at τ = 2).

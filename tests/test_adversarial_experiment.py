@@ -137,6 +137,10 @@ def check_resumed_evaluation_reproduces_the_results(smoke, tmp_path):
   method, tau, seed = lib.runs_of(config)[0]
   run_dir = os.path.join(workdir, lib.run_name(method, tau, seed))
   os.replace(os.path.join(run_dir, lib.RUN_RESULT), tmp_path / "final.json")
+  # Bookkeeping switches may change between starts of the same run.
+  config = config.copy_and_resolve_references()
+  config.progress = not config.progress
+  config.log_every_steps = config.log_every_steps + 1
   record = lib.train_and_evaluate(config, method, tau, seed, run_dir)
   with open(os.path.join(run_dir, "environment.json"), encoding="utf-8") as f:
     env = json.load(f)

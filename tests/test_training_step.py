@@ -338,6 +338,9 @@ def test_four_fake_devices_match_one_device(run_on_fake_cpu_devices):
   assert fit["resumed_from_step"] == 8 and fit["resumed_equal"] == 0.0
   assert fit["restored_devices"] == 4
   assert fit["restored_local_members"] == [2]  # restored member-split
+  for fit in (out["fit"], out["fit_member_mesh"]):  # reopened on 1 device
+    assert fit["resumed_on_one_device_equal"] == 0.0
+    assert fit["resumed_on_one_device_devices"] == 1
 
 
 def test_nonfinite_loss_is_flagged():

@@ -127,7 +127,14 @@ def fit_with_and_without_mesh(mesh, num_members=None):
     resumed = run_fit(os.path.join(tmp, "four"), mesh)
     restored = jax.tree.leaves(resumed.state.params)[0]
     restored_devices = len(restored.sharding.device_set)
+    # The same finished workdir reopened without a mesh (another device
+    # layout, e.g. a restart on a smaller machine): restores onto 1 device.
+    on_one = run_fit(os.path.join(tmp, "four"), None)
     return {
+        "resumed_on_one_device_equal": max_diff(
+            jax.device_get(four.state), jax.device_get(on_one.state)),
+        "resumed_on_one_device_devices": len(
+            jax.tree.leaves(on_one.state.params)[0].sharding.device_set),
         "params": max_diff(jax.device_get(one.state.params),
                            jax.device_get(four.state.params)),
         "resumed_from_step": resumed.resumed_from_step,

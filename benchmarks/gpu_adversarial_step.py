@@ -143,7 +143,8 @@ def main() -> None:
                else "unknown (pass --peak-tflops)")
   lines = [
       GPU_MARKER, "",
-      "## GPU: WRN-28-10 ADV-COMP-SUM step (10-step inner attack)", "",
+      f"## GPU: WRN-{args.depth}-{args.width} ADV-COMP-SUM step "
+      f"({args.attack_steps}-step inner attack)", "",
       f"- device: {kind} ({device.platform}), {jax.device_count()} device(s)"
       f" visible, one used; jax {jax.__version__}",
       f"- WRN-{args.depth}-{args.width} swish, {args.dtype} compute, batch "

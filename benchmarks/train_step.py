@@ -457,7 +457,9 @@ def write_report(path, machine, started, rows, member_rows, args, shards):
       "",
       "Not measured: this machine has no GPU. Run "
       "`benchmarks/gpu_train_step.py` on a GPU machine; it prints images/s "
-      "and model-FLOPs utilisation with the card's name (goal: MFU ≥ 40%).",
+      "and model-FLOPs utilisation with the card's name (goal: MFU ≥ 40%). "
+      "`bash benchmarks/gpu_checks.sh OUTDIR` runs it and the adversarial "
+      "GPU benchmark as one command.",
       "",
   ]
   os.makedirs(os.path.dirname(path), exist_ok=True)

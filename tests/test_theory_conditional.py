@@ -361,3 +361,36 @@ def test_large_batches_solved_in_chunks_equal_per_point_solves():
   for got, want in zip(chunked, flat, strict=True):
     np.testing.assert_allclose(np.reshape(got, np.shape(want)), want,
                                rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 10, 16])
+def test_pruned_candidate_set_equals_the_full_enumeration(n):
+  """The solver evaluates the risk of the two-level candidates and the few
+  mixed ones closest to the optimality conditions only; it must find the
+  value of the full enumeration, also with tied and zero probabilities,
+  τ at and around 1 and 2, and Λ from 10⁻³ to 20."""
+  import functools
+
+  from compsum_jax.theory import families
+
+  rng = np.random.default_rng(40 + n)
+  size = 4000
+  alpha = rng.choice([0.05, 0.2, 1.0, 5.0, 50.0], size=size)
+  probs = np.stack([rng.dirichlet(np.full(n, a)) for a in alpha])
+  quarter = size // 4
+  probs[:quarter, : max(1, n // 2)] = probs[:quarter, :1]  # ties at the top
+  probs[quarter:2 * quarter, -max(1, n // 3):] = 0.0  # zero probabilities
+  probs[2 * quarter:2 * quarter + 20] = 1.0  # uniform
+  probs /= probs.sum(-1, keepdims=True)
+  taus = np.where(rng.random(size) < 0.4,
+                  rng.choice([0.0, 0.5, 1.0, 1.5, 1.999, 2.0, 2.001, 3.0],
+                             size=size),
+                  rng.uniform(0.0, 3.0, size))
+  bounds_ = np.exp(rng.uniform(np.log(1e-3), np.log(20.0), size))
+  args = (jnp.asarray(probs), jnp.asarray(taus), jnp.asarray(bounds_))
+  pruned = jax.jit(jax.vmap(families._solve_one))(*args)  # noqa: SLF001
+  full = jax.jit(jax.vmap(functools.partial(
+      families._solve_one, keep_mixed=None)))(*args)  # noqa: SLF001
+  assert np.all(np.isfinite(pruned.value))
+  np.testing.assert_allclose(pruned.value, full.value, rtol=1e-12,
+                             atol=1e-13)

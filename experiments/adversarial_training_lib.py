@@ -82,10 +82,6 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 RESULTS_PNG = "robust_vs_clean.png"
 RUN_RESULT = "final.json"
-# Config fields that do not change what a run computes; a resumed run may
-# change them.
-BOOKKEEPING_FIELDS = ("progress", "tensorboard", "log_every_steps",
-                      "keep_checkpoints")
 
 
 # --- the objectives -----------------------------------------------------------
@@ -491,12 +487,9 @@ def train_and_evaluate(config: Any, method: str, tau: float | None, seed: int,
     return {"val_accuracy": float(out["correct"]),
             "val_robust_accuracy": float(out["robust_val"])}
 
-  # The run's identity for resuming: the config without the bookkeeping
-  # switches, so e.g. --config.progress=False may change between starts.
-  identity = {k: v for k, v in training.metrics.to_jsonable(config).items()
-              if k not in BOOKKEEPING_FIELDS}
-  run_config = {"experiment": identity, "method": method, "tau": tau,
-                "seed": seed}
+  # The run's identity for resuming (bookkeeping switches may change).
+  run_config = {"experiment": common.run_identity(config), "method": method,
+                "tau": tau, "seed": seed}
   status = "ok"
   error = None
   try:

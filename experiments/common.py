@@ -61,6 +61,25 @@ def config_value(config: Any, field: str) -> Any:
   return value
 
 
+def optional_value(config: Any, field: str) -> Any:
+  """``config.<field>`` (top level), or None where the config lacks it."""
+  return config.get(field) if hasattr(config, "get") else None
+
+
+# Config fields that do not change what a run computes: a resumed run may
+# change them (e.g. --config.progress=False on the restart).
+BOOKKEEPING_FIELDS = ("progress", "tensorboard", "log_every_steps",
+                      "keep_checkpoints")
+
+
+def run_identity(config: Any, extra_bookkeeping: Sequence[str] = ()
+                 ) -> dict[str, Any]:
+  """The config as JSON without its bookkeeping fields: what a resumed run
+  must match (``BOOKKEEPING_FIELDS`` plus ``extra_bookkeeping``)."""
+  skip = set(BOOKKEEPING_FIELDS) | set(extra_bookkeeping)
+  return {k: v for k, v in to_jsonable(config).items() if k not in skip}
+
+
 def check_int(config: Any, field: str, *, low: int | None = None,
               high: int | None = None) -> int:
   """An integer config field in [low, high]; ValueError naming the field."""
@@ -188,8 +207,7 @@ def configure_cpu_devices(config: Any) -> None:
     ValueError: ``cpu_devices`` is not an integer >= 1, or JAX's backends
       were already initialised with another number of CPU devices.
   """
-  value = config.get("cpu_devices") if hasattr(config, "get") else None
-  if value is None:
+  if optional_value(config, "cpu_devices") is None:
     return
   count = check_int(config, "cpu_devices", low=1)
   try:
@@ -222,8 +240,7 @@ def data_mesh(config: Any, num_members: int | None = None
     return None
   shards = 1
   if num_members is not None:
-    requested = config.get("member_shards") if hasattr(config, "get") else None
-    if requested is None:
+    if optional_value(config, "member_shards") is None:
       shards = math.gcd(int(num_members), count)
     else:
       shards = check_int(config, "member_shards", low=1, high=count)

@@ -96,10 +96,10 @@ PLOT_ACCURACY = "accuracy_vs_tau.png"
 PLOT_CURVES = "training_curves.png"
 PLOT_BOUND = "bound_check.png"
 MEMBERS_DIR = "members"
-# Config fields that do not change what is trained or measured.
-BOOKKEEPING_FIELDS = ("progress", "tensorboard", "log_every_steps",
-                      "keep_checkpoints", "checkpoint_every_epochs",
-                      "companion", "cpu_devices", "member_shards")
+# Config fields that do not change what is trained or measured, besides
+# common.BOOKKEEPING_FIELDS.
+BOOKKEEPING_FIELDS = ("checkpoint_every_epochs", "companion", "cpu_devices",
+                      "member_shards")
 
 
 def tau_name(tau: float) -> str:
@@ -405,8 +405,7 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
                                num_members=num_members, mesh=mesh)))
   # The run's identity for resuming: the config without the bookkeeping
   # switches, so e.g. --config.progress=False may change between starts.
-  identity = {k: v for k, v in common.to_jsonable(config).items()
-              if k not in BOOKKEEPING_FIELDS}
+  identity = common.run_identity(config, BOOKKEEPING_FIELDS)
   run_config = {"experiment": "loss_comparison", "config": identity,
                 "members": [m.index for m in group],
                 "taus": [m.hparams["tau"] for m in group],
@@ -605,10 +604,9 @@ def _bound_summary(sweep: Sweep, members: Sequence[Mapping[str, Any]]
 
 def _devices_text(sweep_results: Mapping[str, Any]) -> str:
   """' on 4 devices (2 member groups × batch split 2)' or '' on one."""
-  count = sweep_results.get("num_devices", 1)
+  count, mesh = sweep_results["num_devices"], sweep_results["mesh"]
   if count == 1:
     return ""
-  mesh = sweep_results.get("mesh") or {"members": 1, "data": count}
   return (f" on {count} devices ({mesh['members']} member groups × batch "
           f"split {mesh['data']})")
 

@@ -173,6 +173,12 @@ def replicate(tree: PyTree, mesh: jax.sharding.Mesh | None) -> PyTree:
   return jax.device_put(tree, replicated_sharding(mesh))
 
 
+def _leading_sizes(tree: PyTree) -> set[int | None]:
+  """Sizes of the leaves' leading axes (None for scalars)."""
+  return {np.shape(x)[0] if np.ndim(x) else None
+          for x in jax.tree.leaves(tree)}
+
+
 def place_state(state: PyTree, mesh: jax.sharding.Mesh | None) -> PyTree:
   """Places a train state as the steps built with ``mesh`` expect it.
 
@@ -184,8 +190,7 @@ def place_state(state: PyTree, mesh: jax.sharding.Mesh | None) -> PyTree:
   _check_mesh(mesh)
   shards = mesh_axis_size(mesh, MEMBER_AXIS)
   if shards > 1:
-    lead = {np.shape(x)[0] if np.ndim(x) else None
-            for x in jax.tree.leaves(state)}
+    lead = _leading_sizes(state)
     if len(lead) != 1 or None in lead or next(iter(lead)) % shards:
       raise ValueError(f"a mesh with {shards} 'members' shards needs stacked "
                        "member states whose leading size is a multiple of "
@@ -377,8 +382,7 @@ def make_train_step(objective: Objective,
 
   def checked_step(state: TrainState, batch: Batch):
     if num_members is not None:
-      lead = {np.shape(x)[0] if np.ndim(x) else None
-              for x in jax.tree.leaves(state)}
+      lead = _leading_sizes(state)
       if lead != {num_members}:
         raise ValueError(f"num_members={num_members} but the state leaves "
                          f"have leading sizes {sorted(lead, key=str)}; stack "

@@ -9,6 +9,21 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# A persistent XLA compilation cache shared by the xdist workers, the
+# subprocesses the tests start (they inherit os.environ) and later runs: most
+# of the suite's time is compilation. Set before any test imports jax. The
+# cache is keyed on the program, the XLA flags and the jax/jaxlib versions,
+# so a stale entry is never reused; COMPSUM_JAX_TEST_CACHE=off disables it.
+_CACHE = os.environ.get("COMPSUM_JAX_TEST_CACHE",
+                        str(pathlib.Path.home() / ".cache" / "compsum_jax"
+                            / "jax_compilation_cache"))
+if _CACHE != "off":
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+  # Cache every program, not only those that took over a second to build.
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  # Least recently used entries go beyond 2 GB.
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
+
 
 @pytest.fixture
 def run_on_fake_cpu_devices():

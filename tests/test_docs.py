@@ -103,6 +103,24 @@ def test_every_cited_equation_exists():
       "\n".join(missing))
 
 
+def test_tests_named_in_math_md_exist():
+  """`tests/test_x.py::test_name` (or `::test_name` for the last file named,
+  `test_prefix*` for a group) in docs/math.md names a test function."""
+  text = MATH.read_text(encoding="utf-8")
+  current, missing, total = None, [], 0
+  for m in re.finditer(r"`(tests/test_\w+\.py)?(?:::(test_\w+)(\*?))?`", text):
+    if m[1]:
+      current = m[1]
+    if m[2]:
+      total += 1
+      source = (REPO / current).read_text(encoding="utf-8")
+      ending = r"\w*\(" if m[3] else r"\("
+      if not re.search(r"def " + m[2] + ending, source):
+        missing.append(f"{current}::{m[2]}{m[3]}")
+  assert total >= 30, total
+  assert not missing, missing
+
+
 # NOTE FOR THE MERGE: this test fails until every branch is merged and
 # `python3 /work/citation_sweep.py .` has rewritten the remaining citations of
 # the outside notes (and dropped "(issue N)" from module docstrings) in

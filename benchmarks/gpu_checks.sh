@@ -9,7 +9,7 @@
 # optax, orbax-checkpoint, chex and tqdm; these two scripts need nothing else
 # (checked on CPU with tensorflow_datasets, ml_collections and tensorboardX
 # made unimportable). Writes to OUTDIR: train_step_gpu.md/.log (WRN-28-10,
-# batch 512, bf16: images/s and MFU, issue 4) and adversarial_gpu.md/.log
+# batch 512, bf16: images/s and MFU) and adversarial_gpu.md/.log
 # (the ADV-COMP-SUM step with a 10-step attack). Copy the .md sections into
 # benchmarks/results/train_step.md and adversarial.md afterwards.
 set -uo pipefail

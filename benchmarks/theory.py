@@ -1,4 +1,4 @@
-r"""Benchmark of the theory module (issue 3); run by hand, writes markdown.
+r"""Benchmark of the theory module; run by hand, writes markdown.
 
   python benchmarks/theory.py [--num_points=100000] [--num_scipy=300]
 
@@ -63,7 +63,7 @@ def _problems(num: int, seed: int):
 
 
 def _np_value_and_grad(s, p, tau):
-  """C_τ(s) = Σ p_y ψ(q_y) and its gradient, q = softmax(s) (notes §2.2)."""
+  """C_τ(s) = Σ p_y ψ(q_y), q = softmax(s) (docs/math.md (2.5)); its gradient."""
   z = s - s.max()
   q = np.exp(z) / np.exp(z).sum()
   q = np.maximum(q, 1e-300)
@@ -158,7 +158,7 @@ def main() -> None:
 
   speedup = per_point_scipy / (ours_s / args.num_points)
   lines = [
-      "# Theory benchmark (issue 3)", "",
+      "# Theory benchmark", "",
       f"Command: `.venv/bin/python benchmarks/theory.py "
       f"--num_points={args.num_points} --num_scipy={args.num_scipy}`", "",
       f"Machine: {machine}.", "",

@@ -30,7 +30,7 @@ def _np_log_softmax(z):
 
 
 def _np_comp_sum(z, y, tau):
-  """Φ^τ(Σ_{y'≠y} e^{z_{y'} − z_y}) by the textbook definition (notes §2.1)."""
+  """Φ^τ(Σ_{y'≠y} e^{z_{y'} − z_y}), the definition (docs/math.md (2.3))."""
   zy = np.take_along_axis(z, y[:, None], -1)
   mask = np.arange(z.shape[-1])[None] != y[:, None]
   u = np.sum(np.where(mask, np.exp(z - zy), 0.0), -1)
@@ -203,7 +203,7 @@ def test_trades_kl_agrees_with_attack_objective():
        rho=st.floats(0.2, 5.0), scale=st.floats(0.1, 8.0))
 def test_adv_comp_sum_bounds_rho_margin_comp_sum_at_the_adversarial_point(
     seed, tau, rho, scale):
-  """Notes §5.3 steps 1–3 (RECONSTRUCTED), pointwise in the logits, τ ≥ 1, ν = 1.
+  """docs/math.md (10.3) steps 1–3, pointwise in the logits, τ ≥ 1, ν = 1.
 
   Φ^τ(Σ_{y'≠y} Φ_ρ(z'_y − z'_{y'})) ≤ ℓ_τ(z/ρ, y) + ‖Δ̄(z'/ρ) − Δ̄(z/ρ)‖₂,
   with Φ_ρ(u) = min(1, max(0, 1 − u/ρ)): so L̃ evaluated at the attack's x'
@@ -222,7 +222,7 @@ def test_adv_comp_sum_bounds_rho_margin_comp_sum_at_the_adversarial_point(
 
 
 def test_bound_needs_tau_at_least_one():
-  """For τ < 1 the Lipschitz step (notes §5.3 step 4) fails: a counterexample."""
+  """For τ < 1 the Lipschitz step (docs/math.md (10.3), step 4) fails."""
   z = np.array([[0.0, 5.0, 5.0]])
   z_adv = np.array([[0.0, 6.0, 6.0]])
   y = np.array([0])

@@ -38,7 +38,7 @@ def _np_sum_exp(logits, labels):
 
 
 def _np_phi(u, tau):
-  """Φ^τ(u) textbook definition (notes §2.1), float64."""
+  """Φ^τ(u) textbook definition (docs/math.md (2.2)), float64."""
   if tau == 1.0:
     return np.log1p(u)
   return ((1.0 + u) ** (1.0 - tau) - 1.0) / (1.0 - tau)
@@ -294,7 +294,7 @@ def test_properties(logits, data, tau_a, tau_b, shift):
     v_lo = np.asarray(losses.comp_sum_loss(lg, labels, lo))
     v_hi = np.asarray(losses.comp_sum_loss(lg, labels, hi))
     assert np.all(v_lo >= 0) and np.all(v_hi >= 0)
-    # Non-increasing in τ (∂_τ Φ^τ ≤ 0, notes §2.2).
+    # Non-increasing in τ (∂_τ Φ^τ ≤ 0, docs/math.md (2.9)).
     assert np.all(v_hi <= v_lo * (1 + 1e-9) + 1e-12)
     if hi > 1:
       assert np.all(v_hi <= 1.0 / (hi - 1.0) + 1e-9)

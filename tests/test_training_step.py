@@ -185,7 +185,7 @@ def test_weight_decay_mask_kernels_skips_biases():
 
 @pytest.mark.parametrize("tau", [0.0, 0.6, 1.0, 1.5, 2.0])
 def test_train_step_gradient_matches_closed_form(tau):
-  # For ℓ_τ = expm1((1−τ)CE)/(1−τ): ∂ℓ/∂h = s_y^{τ−1}(s − e_y) (notes §2.2),
+  # ℓ_τ = expm1((1−τ)CE)/(1−τ): ∂ℓ/∂h = s_y^{τ−1}(s − e_y), docs/math.md (2.10),
   # so one plain SGD step on h = xW + b is W ← W − η/B Σ_i x_i ∂ℓ_i/∂h_i.
   rs = np.random.RandomState(3)
   batch = _batch(rs)

@@ -7,7 +7,7 @@ per example (the caller reduces), differentiable in both ``logits_clean`` and
 ``logits_adv`` (no ``stop_gradient``: by Danskin's theorem the gradient of
 max_{x'} L(θ, x') is ∇_θ L(θ, x'*), which flows through z(x) and z(x'*)).
 
-  ADV-COMP-SUM (Mao, Mohri & Zhong, ICML 2023; paper notes §5.3–5.4):
+  ADV-COMP-SUM (Mao, Mohri & Zhong, ICML 2023; docs/math.md (10.2)–(10.6)):
       L = ℓ_τ(z/ρ, y) + ν·‖Δ̄(z'/ρ, y) − Δ̄(z/ρ, y)‖₂,
       Δ̄(z, y) = (z_1 − z_y, …, z_n − z_y),
     i.e. with v = d − d_y·1, d = z' − z:  L = ℓ_τ(z/ρ, y) + (ν/ρ)·‖v‖₂.
@@ -17,8 +17,9 @@ max_{x'} L(θ, x') is ∇_θ L(θ, x'*), which flows through z(x) and z(x'*)).
     with the clean distribution NOT detached (as in the reference code).
   PGD-AT (Madry et al. 2018, eq. 2.1): L = CE(z', y).
 
-The weight decay λ‖θ‖² of ADV-COMP-SUM (notes §5.4) is the optimizer's job
-(``compsum_jax.training.make_optimizer(weight_decay=λ)``), not a loss term.
+The weight decay λ‖θ‖² of ADV-COMP-SUM (docs/math.md (10.6)) is the
+optimizer's job (``compsum_jax.training.make_optimizer(weight_decay=λ)``), not
+a loss term.
 
 Hyperparameters (τ, ν, ρ, β) are Python floats or (possibly traced) arrays
 broadcastable to the batch shape, so members with different values can be
@@ -85,14 +86,14 @@ def safe_l2_norm(v: jax.Array, *, norm_eps: float = 0.0) -> jax.Array:
 def smooth_adversarial_term(logits_adv: jax.Array, logits_clean: jax.Array,
                             labels: jax.Array, *, norm_eps: float = 0.0
                             ) -> jax.Array:
-  """‖Δ̄_h(x', y) − Δ̄_h(x, y)‖₂, the smooth term of ADV-COMP-SUM (notes §5.3).
+  """‖Δ̄_h(x', y) − Δ̄_h(x, y)‖₂, the smooth term of ADV-COMP-SUM.
 
-  With d = z(x') − z(x) and v = d − d_y·1 (notes §7), returns ‖v‖₂ (or
-  sqrt(‖v‖² + norm_eps)). Invariant to adding a constant to all logits of z
-  or z'; zero iff z' − z is a constant vector. The inner maximisation of
-  ADV-COMP-SUM maximises this over x' (``compsum_jax.attacks.pgd`` with
-  ``loss='smooth_comp_sum'``, which computes the same formula with the clean
-  logits held constant and ``norm_eps=1e-12``).
+  With d = z(x') − z(x) and v = d − d_y·1 (docs/math.md (10.2), (10.4)),
+  returns ‖v‖₂ (or sqrt(‖v‖² + norm_eps), (10.5)). Invariant to adding a
+  constant to all logits of z or z'; zero iff z' − z is a constant vector. The
+  inner maximisation of ADV-COMP-SUM maximises this over x'
+  (``compsum_jax.attacks.pgd`` with ``loss='smooth_comp_sum'``, which computes
+  the same formula with the clean logits held constant and ``norm_eps=1e-12``).
 
   Args:
     logits_adv: z(x'), [..., n].
@@ -114,15 +115,16 @@ def adv_comp_sum_loss(logits_clean: jax.Array, logits_adv: jax.Array,
                       labels: jax.Array, tau: Scalar, nu: Scalar,
                       rho: Scalar = 1.0, *, norm_eps: float = 0.0
                       ) -> jax.Array:
-  """Regularised smooth adversarial comp-sum loss L̃_{τ,ν} (notes §5.3–5.4).
+  """Regularised smooth adversarial comp-sum loss (docs/math.md (10.2)–(10.6)).
 
       L = ℓ_τ(z/ρ, y) + ν·‖Δ̄(z'/ρ, y) − Δ̄(z/ρ, y)‖₂
         = ℓ_τ(z/ρ, y) + (ν/ρ)·‖v‖₂,   v = d − d_y·1,  d = z' − z.
 
-  The 1/ρ is the margin scale of the ρ-margin loss it upper-bounds (notes
-  §5.3, step 1: Φ_ρ(u) ≤ e^{−u/ρ}); ρ = 1 is the loss of notes §5.4. With
-  ν = 0 it is ℓ_τ(z/ρ, y), plain comp-sum training. For τ ≥ 1 and ν ≥ 1 it
-  upper-bounds the adversarial comp-sum ρ-margin loss (notes §5.3, step 3).
+  The 1/ρ is the margin scale of the ρ-margin loss it upper-bounds
+  (docs/math.md (10.3), step 1: Φ_ρ(u) ≤ e^{−u/ρ}); ρ = 1 is the loss of
+  docs/math.md (10.6). With ν = 0 it is ℓ_τ(z/ρ, y), plain comp-sum training.
+  For τ ≥ 1 and ν ≥ 1 it upper-bounds the adversarial comp-sum ρ-margin loss
+  (docs/math.md (10.3), step 3).
 
   Args:
     logits_clean: z = h(x), [..., n].

@@ -1,11 +1,13 @@
 """The comp-sum loss family ℓ_τ and its named members.
 
 Reference: A. Mao, M. Mohri, Y. Zhong, "Cross-Entropy Loss Functions: Theoretical
-Analysis and Applications", ICML 2023 (arXiv 2304.07288). Formulas: paper notes §2.
+Analysis and Applications", ICML 2023 (arXiv 2304.07288). Formulas (the
+family, its softmax and log-space forms, the named members): docs/math.md
+(2.1)–(3.5).
 
     Φ^τ(u) = ((1 + u)^{1-τ} − 1) / (1 − τ)   (τ ≠ 1),   log(1 + u)   (τ = 1)
     ℓ_τ(h, x, y) = Φ^τ( Σ_{y'≠y} exp(h(x, y') − h(x, y)) )
-                 = expm1((1 − τ)·CE) / (1 − τ),   CE = logsumexp(h) − h_y   (§2.2)
+                 = expm1((1 − τ)·CE) / (1 − τ),   CE = logsumexp(h) − h_y
 
 Everything is computed in log space from CE, so no exponential of a score is
 formed. With a = 1 − τ and c = CE, ℓ_τ = c·g(a·c) where g(x) = expm1(x)/x is
@@ -63,7 +65,7 @@ def _phi_of_log1p(log1p_u: jax.Array, tau: float | jax.Array) -> jax.Array:
     if tau == 1.0:
       return log1p_u  # Φ^1(u) = log(1 + u)
     a = 1.0 - float(tau)
-    return jnp.expm1(a * log1p_u) / a  # notes §2.2
+    return jnp.expm1(a * log1p_u) / a  # expm1((1−τ)c)/(1−τ), docs/math.md (2.6)
   a = 1.0 - tau
   return log1p_u * expm1_ratio(a * log1p_u)
 
@@ -77,7 +79,9 @@ def _as_tau(tau, dtype) -> float | jax.Array:
 
 
 def phi_tau(u: jax.Array, tau: float | jax.Array) -> jax.Array:
-  """Φ^τ(u) = ((1 + u)^{1−τ} − 1)/(1 − τ), and log(1 + u) at τ = 1 (notes §2.1).
+  """Φ^τ(u) = ((1 + u)^{1−τ} − 1)/(1 − τ), log(1 + u) at τ = 1.
+
+  docs/math.md (2.2), evaluated as in (2.6).
 
   Args:
     u: values u ≥ 0 (any shape; u > −1 is accepted), e.g. Σ_{y'≠y} e^{h_{y'}−h_y}.
@@ -111,7 +115,9 @@ def _prepare(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array,
 
 def comp_sum_loss(logits: jax.Array, labels: jax.Array,
                   tau: float | jax.Array) -> jax.Array:
-  """Comp-sum loss ℓ_τ(h, x, y) = Φ^τ(Σ_{y'≠y} e^{h_{y'} − h_y}) (notes §2.1–2.2).
+  """Comp-sum loss ℓ_τ(h, x, y) = Φ^τ(Σ_{y'≠y} e^{h_{y'} − h_y}).
+
+  Formulas: docs/math.md (2.3)–(2.7).
 
   Computed as expm1((1 − τ)·CE)/(1 − τ) with CE = logsumexp(h) − h_y; τ = 0 is
   the sum-exponential loss, τ = 1 cross-entropy, τ ∈ (1, 2) generalized
@@ -181,8 +187,8 @@ def generalized_cross_entropy_loss(logits: jax.Array, labels: jax.Array,
                                    q: float | jax.Array) -> jax.Array:
   """Generalized cross-entropy (1 − s_y^q)/q of Zhang & Sabuncu (2018), q ≥ 0.
 
-  Equals ℓ_τ at τ = 1 + q (notes §2.2); q → 0 recovers cross-entropy and q = 1
-  the mean absolute error 1 − s_y.
+  Equals ℓ_τ at τ = 1 + q (docs/math.md (3.3)); q → 0 recovers cross-entropy
+  and q = 1 the mean absolute error 1 − s_y.
   """
   validation.check_nonnegative(q, "q")
   tau = 1.0 + q if isinstance(q, (int, float)) else jnp.asarray(q) + 1.0
@@ -191,7 +197,7 @@ def generalized_cross_entropy_loss(logits: jax.Array, labels: jax.Array,
 
 def mean_absolute_error_loss(logits: jax.Array,
                              labels: jax.Array) -> jax.Array:
-  """Mean absolute error 1 − softmax(h)_y = ℓ_τ at τ = 2 (notes §2.2).
+  """Mean absolute error 1 − softmax(h)_y = ℓ_τ at τ = 2 (docs/math.md (3.4)).
 
   Convention: this is half the ℓ1 distance ‖e_y − softmax(h)‖₁ = 2(1 − s_y) that
   Ghosh et al. (2017) call MAE; multiply by 2 for their scale.
@@ -212,7 +218,10 @@ def zero_one_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Margin ρ_h(x, y) = h(x, y) − max_{y'≠y} h(x, y') (notes §5.1), shape [...]."""
+  """Margin ρ_h(x, y) = h(x, y) − max_{y'≠y} h(x, y'), shape [...].
+
+  docs/math.md (4.2).
+  """
   logits, labels = _prepare(logits, labels)
   n = logits.shape[-1]
   is_label = jax.nn.one_hot(labels, n, dtype=jnp.bool_)

@@ -8,8 +8,8 @@ under ``jax.vmap`` when both the input and the kernel carry the vmapped axis,
 which is what the train step does with K stacked members
 (``make_train_step(num_members=K)``): member k's activations meet member k's
 kernel. JAX's default rule turns that into one grouped convolution
-(``feature_group_count = K``), which XLA:CPU runs several times slower than K
-ordinary convolutions (benchmarks/results/train_step.md). Here that case runs
+(``feature_group_count = K``), which XLA:CPU runs slower than K ordinary
+convolutions (benchmarks/results/train_step.md). Here that case runs
 on CPU as K batched matmuls over image patches instead (im2col):
 
     P_k = patches(x_k)   [B·H'·W', kh·kw·C],   y_k = P_k · W_k   [B·H'·W', F],
@@ -22,13 +22,12 @@ output features or the batch) and is kept.
 
 On CPU one member alone also takes the input gradient in patch form,
 ∂x = patches⁺(∂y · Wᵀ), instead of XLA's transposed convolution: on XLA:CPU
-that was never slower for the layer shapes tried and up to 13× faster for
-strided layers (3×3, 64→128, stride 2 on 4×4 inputs, batch 397: 1.4 ms
-against 17.8 ms), which speeds up attacks (input gradients) and the
-backward pass of training; the forward pass and the kernel gradient stay
-lax convolutions. (For a tiny network the bookkeeping can cost more than it
-saves: one train step of the digits CNN 16-32 took 1.13 ms against 1.04 ms
-with lax; the 32×32 CNN 32-64-128 took 164 ms against 189 ms.)
+that was never slower for the layer shapes tried and much faster for strided
+layers, which speeds up attacks (input gradients) and the backward pass of
+training; the forward pass and the kernel gradient stay lax convolutions.
+For a tiny network the bookkeeping can cost more than it saves. Measured
+figures: benchmarks/results/train_step.md ("K = 15 members" and "Other
+things tried") and benchmarks/results/attacks.md.
 
 Other platforms (GPU, TPU) keep the lax convolution and JAX's default vmap
 rule everywhere (``jax.lax.platform_dependent`` picks the branch when the
@@ -95,8 +94,9 @@ def _patch_conv(x: jax.Array, kernel: jax.Array,
                     (m, b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
                     (1, 1, sh, sw, 1))
           for i in range(kh) for j in range(kw)]
-  # Stacking on a new axis and reshaping ran 1.4× faster on XLA:CPU than
-  # concatenating on the channel axis (same result).
+  # Stacking on a new axis and reshaping ran faster on XLA:CPU than
+  # concatenating on the channel axis (same result; benchmarks/results/
+  # train_step.md, "Figures moved out of library docstrings").
   patches = jnp.stack(cols, axis=-2).reshape(m, b * ho * wo, kh * kw * c)
   weights = kernel.reshape(m, kh * kw * c, f)
   y = jnp.einsum("mnp,mpf->mnf", patches, weights, precision=precision)

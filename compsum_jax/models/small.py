@@ -6,8 +6,8 @@ logits [B, num_classes]. Pass the dataset's ``meta['mean']``/``meta['std']``
 for per-channel normalisation; the defaults map [0, 1] to [−1, 1].
 
 The CNN downsamples with stride-2 convolutions, never max-pooling: on XLA:CPU
-the backward pass of max-pool is very slow (a max-pool CNN's train step was
-about 15× slower than a strided-convolution one). Its convolutions are
+the backward pass of max-pool is very slow (measured:
+benchmarks/results/train_step.md, "Figures moved out of library docstrings"). Its convolutions are
 :func:`compsum_jax.models.conv.member_conv`: the lax convolution for one
 model, and batched matmuls over patches when K members are vmapped (on
 XLA:CPU a vmapped lax convolution is a slow grouped convolution).
@@ -77,12 +77,10 @@ class CNN(nn.Module):
     dtype: compute dtype; parameters and logits float32.
     member_conv: convolve with :func:`compsum_jax.models.conv.member_conv`
       (default): identical results, and under ``jax.vmap`` over stacked
-      members it runs as batched matmuls instead of a grouped convolution
-      (1.65–1.85× the throughput of sequential steps for K = 15 digits CNNs
-      on 2 CPU cores, where the grouped convolution gave 0.63–0.73×;
-      benchmarks/results/train_step.md). False: ``lax.conv_general_dilated``,
-      e.g. for ``jax.jvp`` through the model, which the custom VJP does not
-      support.
+      members it runs as batched matmuls instead of a grouped convolution,
+      which is faster on XLA:CPU (benchmarks/results/train_step.md, "K = 15
+      members"). False: ``lax.conv_general_dilated``, e.g. for ``jax.jvp``
+      through the model, which the custom VJP does not support.
   """
 
   num_classes: int

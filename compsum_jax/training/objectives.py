@@ -23,7 +23,7 @@ LossFn = Callable[[jax.Array, jax.Array, Mapping[str, jax.Array]], jax.Array]
 
 def comp_sum_from_hparams(logits: jax.Array, labels: jax.Array,
                           hparams: Mapping[str, jax.Array]) -> jax.Array:
-  """Per-example ℓ_τ(h, y) with τ = hparams['tau'] (notes §2.1); [B]."""
+  """Per-example ℓ_τ(h, y), τ = hparams['tau'] (docs/math.md (2.3)); [B]."""
   if "tau" not in hparams:
     raise ValueError("the comp-sum objective needs hparams['tau'] (create the "
                      f"state with hparams={{'tau': ...}}), got hparams keys "

@@ -36,11 +36,11 @@ and the batch is replicated along it, so each group of devices trains its
 own K / member_shards members and no collective crosses 'members' (members
 are independent); within a group the batch is split over 'data' as above.
 K must be a multiple of the 'members' size. Results equal the unsharded
-vmapped step up to float summation order. On 2 CPU cores, 15 digits CNNs
-split into 3 member groups on host-platform CPU devices trained 2.1× faster
-than 15 sequential steps, against 1.7× for the one-device vmapped step
-(benchmarks/results/train_step.md). On several accelerators the same mesh
-spreads K models over the cards with no all-reduce between member groups
+vmapped step up to float summation order. On CPU, member groups on
+host-platform CPU devices train faster than the one-device vmapped step
+(measured speed-ups: benchmarks/results/train_step.md, "member groups"). On
+several accelerators the same mesh spreads K models over the cards with no
+all-reduce between member groups
 (checked on fake CPU devices by counting collectives in the compiled step;
 not measured on GPUs here).
 
@@ -48,14 +48,14 @@ Vmapped members. With ``num_members=K`` every state leaf has a leading axis of
 size K; the single-member step is ``jax.vmap``-ed over it (same batch for all
 members, per-member params, optimizer state, rng and hparams) in one compiled
 call. Member k's result equals the single step run on member k alone.
-Performance (measured on 2 CPU cores, benchmarks/results/train_step.md): a
-convolution vmapped over per-member kernels becomes, by JAX's default rule, a
-grouped convolution that XLA:CPU runs several times slower than K separate
+Performance: a convolution vmapped over per-member kernels becomes, by JAX's
+default rule, a grouped convolution that XLA:CPU runs slower than K separate
 ones; models built on ``compsum_jax.models.member_conv`` (the ``CNN``) run it
-as batched matmuls instead, and 15 vmapped digits CNNs train 1.65–1.85×
-faster than 15 sequential steps (MLP: 1.08–1.17×). The ResNets use the lax convolution
-(their target is a GPU). A ``jax.lax.map`` over members inside the step was
-slower still on CPU and is not offered.
+as batched matmuls instead, which makes K vmapped members faster than K
+sequential steps (measured figures for the digits CNN and MLP:
+benchmarks/results/train_step.md, "K = 15 members"). The ResNets use the lax
+convolution (their target is a GPU). A ``jax.lax.map`` over members inside the
+step was slower still on CPU and is not offered.
 
 Randomness. The step key is ``fold_in(state.rng, state.step)``, split into a
 key for the augmentation hook and one for the objective; nothing depends on
@@ -245,11 +245,11 @@ def _wait_on_host_cpu_mesh(compiled: Callable[..., Any],
 
   XLA:CPU's in-process all-reduce deadlocked when many small data-parallel
   steps over host-platform CPU devices were dispatched back to back
-  (``--xla_force_host_platform_device_count=4`` on 2 cores: every run of 3000
-  async MLP steps aborted with "Termination timeout for all reduce …"; the
-  same 3000 steps waiting on each result finished in 6 s). On CPU the host
-  would wait for the cores anyway, so waiting costs little. GPU/TPU meshes
-  keep asynchronous dispatch. ``.lower`` etc. stay reachable.
+  (``--xla_force_host_platform_device_count=4``: runs of thousands of async
+  MLP steps aborted with "Termination timeout for all reduce …"; waiting on
+  each result avoided it, see benchmarks/results/train_step.md, "Caveat").
+  On CPU the host would wait for the cores anyway, so waiting costs little.
+  GPU/TPU meshes keep asynchronous dispatch. ``.lower`` etc. stay reachable.
   """
   devices = list(mesh.devices.flat)
   if (mesh_axis_size(mesh, DATA_AXIS) < 2 or

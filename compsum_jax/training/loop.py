@@ -24,6 +24,12 @@ of everything around it:
 * **records**: config.json, environment.json (versions, devices),
   metrics.jsonl + TensorBoard (see :mod:`compsum_jax.training.metrics`), and a
   tqdm progress bar with ETA.
+* **several processes** (``compsum_jax.training.distributed``): every
+  process calls ``fit`` with the same arguments and its own rows of each
+  global batch (``global_batch_size``); all take part in every checkpoint
+  save and restore (orbax; process 0 writes the metadata), metrics are
+  fetched from all processes, and records and the progress bar come from
+  process 0 only.
 
 Step numbering: "step s" is the update that consumes the s-th batch of the
 run (0-based) and takes ``state.step`` from s to s + 1; a checkpoint "at step

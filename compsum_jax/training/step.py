@@ -22,9 +22,12 @@ not per device. Random numbers are independent of the sharding
 ``AxisType.Auto`` (sharding propagation by the compiler) rather than the
 ``Explicit`` default of ``jax.make_mesh``: objectives are ordinary
 single-device code (reshapes, gathers, attacks) and must not have to carry
-sharding annotations. Multi-host: call ``jax.distributed.initialize()`` first;
-``jax.devices()`` then spans all hosts and :func:`shard_batch` assembles the
-global batch from each process's rows. On a mesh of several *CPU* devices
+sharding annotations. Several processes: call
+``compsum_jax.training.distributed.initialize`` first; ``jax.devices()`` then
+spans all processes, every process builds the same global batch order but
+materialises only the rows of its own devices (:func:`process_batch_rows`),
+and :func:`shard_batch` with ``global_batch_size`` assembles the global batch
+from the processes' rows. On a mesh of several *CPU* devices
 (``--xla_force_host_platform_device_count``) each step waits for its result
 before returning: XLA:CPU's in-process all-reduce deadlocked under
 back-to-back asynchronous dispatch (see ``_wait_on_host_cpu_mesh``).

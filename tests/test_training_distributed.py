@@ -146,6 +146,8 @@ def test_two_processes_reproduce_one_process_with_two_devices(
   meta1, leaves1 = _result(one)
   meta2, leaves2 = _result(two)
   assert meta1["process_count"] == 1 and meta2["process_count"] == 2
+  assert meta2["run"]["process_devices"] == [1, 1]
+  assert meta1["run"]["mesh"] == meta2["run"]["mesh"] == {"data": 2}
   assert meta1["device_count"] == meta2["device_count"] == 2
   # each process materialised half of every global batch
   assert (meta1["train_rows"], meta2["train_rows"]) == (64, 32)
@@ -361,5 +363,8 @@ def test_single_process_row_helpers():
   totals = training.sum_over_processes({"a": np.int32(3), "b": [0.5]})
   assert totals["a"].dtype == np.int64 and int(totals["a"]) == 3
   assert training.is_primary() and jax.process_count() == 1
+  record = distributed.run_record(mesh)
+  assert record["num_processes"] == 1 and record["mesh"] == {"data": 1}
+  assert record["process_devices"] == [len(jax.devices())]
   fetched = training.fetch({"v": jax.numpy.arange(3)})
   assert isinstance(fetched["v"], np.ndarray)

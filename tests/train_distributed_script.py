@@ -121,6 +121,7 @@ def main():
                  "resumed_from_step": result.resumed_from_step,
                  "step": result.step,
                  "label_counts": training.metrics.to_jsonable(label_counts),
+                 "run": distributed.run_record(mesh),
                  "train_rows": len(train_rows),
                  "eval_rows": len(eval_rows)}, f)
   print(f"process {jax.process_index()} done at step {result.step}",

@@ -400,6 +400,25 @@ def process_count() -> int:
   return jax.process_count()
 
 
+def run_record(mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+  """What a results file records about the processes and the device mesh.
+
+  Returns:
+    ``{'num_processes', 'process_devices': devices per process,
+    'device_count', 'platform', 'mesh': {axis: size} or None}``.
+  """
+  devices = jax.devices()
+  per_process = [0] * jax.process_count()
+  for d in devices:
+    per_process[d.process_index] += 1
+  return {"num_processes": jax.process_count(),
+          "process_devices": per_process,
+          "device_count": len(devices),
+          "platform": devices[0].platform if devices else None,
+          "mesh": (None if mesh is None else
+                   {str(k): int(v) for k, v in mesh.shape.items()})}
+
+
 def sync(name: str) -> None:
   """Barrier: every process waits here until all arrived (no-op alone)."""
   if jax.process_count() > 1:

@@ -224,12 +224,21 @@ def initialize(*, coordinator_address: str | None = None,
         f"{initialization_timeout_s} s; if it times out, check that every "
         "process got the same num_processes, distinct process ids and a "
         "reachable coordinator)", file=sys.stderr, flush=True)
-  jax.distributed.initialize(
-      coordinator_address=coordinator_address, num_processes=num_processes,
-      process_id=process_id, initialization_timeout=initialization_timeout_s,
-      # JAX's own heartbeat is the backstop; the watchdog reports first.
-      heartbeat_timeout_seconds=int(2 * failure_timeout_s + 10),
-      cluster_detection_method=None if auto else "deactivate")
+  try:
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes, process_id=process_id,
+        initialization_timeout=initialization_timeout_s,
+        # JAX's own heartbeat is the backstop; the watchdog reports first.
+        heartbeat_timeout_seconds=int(2 * failure_timeout_s + 10),
+        cluster_detection_method=None if auto else "deactivate")
+  except ValueError as error:
+    if not auto:
+      raise
+    raise ValueError(f"auto detection found no cluster to join (SLURM, Open "
+                     f"MPI, Cloud TPU): {error}; outside such a cluster give "
+                     "coordinator_address, num_processes and process_id "
+                     "explicitly") from error
   _SETUP = DistributedSetup(jax.process_count(), jax.process_index(),
                             coordinator_address, bool(auto))
   _check_same_num_processes(num_processes)

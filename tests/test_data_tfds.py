@@ -198,3 +198,28 @@ def test_prepare_tool_without_tensorflow_says_what_to_install(tmp_path):
   assert result.returncode == 2
   assert "pip install -e '.[prepare]'" in result.stderr
   assert not os.listdir(tmp_path)
+
+
+def test_record_split_reads_only_the_requested_rows(tmp_path):
+  # A process of a multi-process run reads only its rows of every batch.
+  spec = tfds_source.TFDS_SPECS["mnist"]
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (24,) + spec.image_shape, np.uint8)
+  labels = rng.integers(0, spec.num_classes, 24)
+  _write_prepared_dataset(str(tmp_path), "mnist",
+                          {"train": (images, labels), "test": (images[:5],
+                                                               labels[:5])})
+  lazy = tfds_source.open_tfds_split("mnist", "train", str(tmp_path))
+  assert len(lazy) == 24 and lazy.records_read == 0
+  eager = data.ArraySplit(images, labels.astype(np.int32))
+  rows = np.array([1, 3, 4])
+  got = list(data.train_batches(lazy, 6, seed=2, epoch=1, rows=rows))
+  want = list(data.train_batches(eager, 6, seed=2, epoch=1))
+  assert len(got) == len(want) == 4
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_array_equal(g["image"], w["image"][rows])
+    np.testing.assert_array_equal(g["label"], w["label"][rows])
+  assert lazy.records_read == 4 * len(rows)  # nothing else was decoded
+  assert "tensorflow" not in sys.modules
+  with pytest.raises(ValueError, match="split='validation'"):
+    tfds_source.open_tfds_split("mnist", "validation", str(tmp_path))

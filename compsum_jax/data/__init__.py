@@ -32,6 +32,7 @@ from compsum_jax.data.tfds_source import (
     default_data_dir,
     find_prepared_version,
     load_tfds_splits,
+    open_tfds_split,
 )
 from compsum_jax.data.types import ArraySplit, Dataset, LabelNoise
 
@@ -57,6 +58,7 @@ __all__ = [
     "num_eval_batches",
     "num_flipped",
     "num_train_batches",
+    "open_tfds_split",
     "split_validation",
     "to_float_images",
     "train_batches",

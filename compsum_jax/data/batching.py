@@ -61,8 +61,29 @@ def num_train_batches(split: ArraySplit, batch_size: int, *,
   return n // batch_size if drop_remainder else -(-n // batch_size)
 
 
+def _check_rows(rows: np.ndarray | None, batch_size: int) -> np.ndarray | None:
+  if rows is None:
+    return None
+  rows = np.asarray(rows)
+  if (rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or
+      len(rows) == 0 or rows.min() < 0 or rows.max() >= batch_size or
+      np.any(np.diff(rows) <= 0)):
+    raise ValueError(f"rows must be sorted distinct integers in [0, "
+                     f"batch_size={batch_size}), got rows={rows!r}")
+  return rows
+
+
+def _take(split: ArraySplit, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of examples ``idx``; lazy splits read only those."""
+  take = getattr(split, "take", None)
+  if take is not None:
+    return take(idx)
+  return split.images[idx], split.labels[idx]
+
+
 def train_batches(split: ArraySplit, batch_size: int, *, seed: int,
-                  epoch: int, drop_remainder: bool = True
+                  epoch: int, drop_remainder: bool = True,
+                  rows: np.ndarray | None = None
                   ) -> Iterator[dict[str, np.ndarray]]:
   """One epoch of shuffled training batches.
 
@@ -73,11 +94,18 @@ def train_batches(split: ArraySplit, batch_size: int, *, seed: int,
     epoch: epoch index ≥ 0.
     drop_remainder: drop the last partial batch (default) so every batch has
       exactly B examples; if False the last batch may be smaller.
+    rows: several processes: the rows of each global batch this process
+      materialises (``training.process_batch_rows(mesh, B)``); every process
+      visits the same global order and only reads its rows. None: all rows.
 
   Yields:
-    ``{'image': float32 [B, *input_shape], 'label': int32 [B]}``.
+    ``{'image': float32 [B, *input_shape], 'label': int32 [B]}`` (with
+    ``rows``: [len(rows), ...], rows ``rows`` of the global batch).
   """
   batch_size = _check_batch_size(batch_size)
+  rows = _check_rows(rows, batch_size)
+  if rows is not None and not drop_remainder:
+    raise ValueError("rows= needs drop_remainder=True (equal global batches)")
   if drop_remainder and split.num_examples < batch_size:
     raise ValueError(f"batch_size={batch_size} exceeds the split's "
                      f"{split.num_examples} examples with drop_remainder=True")
@@ -86,8 +114,10 @@ def train_batches(split: ArraySplit, batch_size: int, *, seed: int,
                                    drop_remainder=drop_remainder)):
     idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
     # Sorted indices read memory in order; the batch's content is unchanged.
-    yield {"image": to_float_images(split.images[idx]),
-           "label": split.labels[idx].astype(np.int32)}
+    if rows is not None:
+      idx = idx[rows]
+    images, labels = _take(split, idx)
+    yield {"image": to_float_images(images), "label": labels.astype(np.int32)}
 
 
 def num_eval_batches(split: ArraySplit, batch_size: int) -> int:
@@ -95,28 +125,40 @@ def num_eval_batches(split: ArraySplit, batch_size: int) -> int:
   return -(-split.num_examples // _check_batch_size(batch_size))
 
 
-def eval_batches(split: ArraySplit, batch_size: int
+def eval_batches(split: ArraySplit, batch_size: int, *,
+                 rows: np.ndarray | None = None
                  ) -> Iterator[dict[str, np.ndarray]]:
   """The whole split in order, in batches of exactly B (last one padded).
 
+  Args:
+    split: the split to evaluate.
+    batch_size: B.
+    rows: several processes: the rows of each global (padded) batch this
+      process materialises (``training.process_batch_rows(mesh, B)``); the
+      eval step's sums over the global batch stay exact. None: all rows.
+
   Yields:
     ``{'image': float32 [B, ...], 'label': int32 [B], 'mask': float32 [B]}``
-    with mask 1 on real examples and 0 on zero padding.
+    with mask 1 on real examples and 0 on zero padding (with ``rows``:
+    [len(rows), ...], those rows of the padded global batch).
   """
   batch_size = _check_batch_size(batch_size)
+  rows = _check_rows(rows, batch_size)
+  positions = np.arange(batch_size) if rows is None else rows
   n = split.num_examples
   for start in range(0, n, batch_size):
-    stop = min(start + batch_size, n)
-    images = to_float_images(split.images[start:stop])
-    labels = split.labels[start:stop].astype(np.int32)
-    mask = np.ones(batch_size, np.float32)
-    pad = batch_size - (stop - start)
-    if pad:
+    global_index = start + positions
+    real = global_index < n
+    images, labels = _take(split, global_index[real])
+    images = to_float_images(images)
+    labels = labels.astype(np.int32)
+    pad = len(positions) - int(real.sum())
+    if pad:  # padding rows come last (real rows are a prefix of positions)
       images = np.concatenate(
           [images, np.zeros((pad,) + images.shape[1:], np.float32)])
       labels = np.concatenate([labels, np.zeros(pad, np.int32)])
-      mask[batch_size - pad:] = 0.0
-    yield {"image": images, "label": labels, "mask": mask}
+    yield {"image": images, "label": labels,
+           "mask": real.astype(np.float32)}
 
 
 def augment_images(key: jax.Array, images: jax.Array, *, crop_padding: int = 4,

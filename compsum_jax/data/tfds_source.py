@@ -147,6 +147,78 @@ def _read_all(source, name: str, split: str, spec: TfdsSpec) -> ArraySplit:
   return ArraySplit(images, labels)
 
 
+class TfdsRecordSplit:
+  """A tfds split read on demand: only the records a batch asks for.
+
+  For runs over several processes, where each process materialises only the
+  rows of its own devices: ``compsum_jax.data``'s batch helpers call
+  :meth:`take` with the indices of those rows, so a process decodes only
+  its share of every global batch (the whole split is never loaded).
+  ``records_read`` counts the records decoded so far.
+  """
+
+  def __init__(self, source, name: str, split: str, spec: TfdsSpec):
+    self._source = source
+    self._name, self._split, self._spec = name, split, spec
+    self.records_read = 0
+
+  @property
+  def num_examples(self) -> int:
+    """N, the number of records of the split."""
+    return int(len(self._source))
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images [k, H, W, C], int32 labels [k]) of records ``indices``."""
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    n = self.num_examples
+    if indices.size and (indices.min() < 0 or indices.max() >= n):
+      raise ValueError(f"{self._name}/{self._split} has {n} records; got "
+                       f"indices in [{indices.min()}, {indices.max()}]")
+    images = np.empty((len(indices),) + self._spec.image_shape, np.uint8)
+    labels = np.empty(len(indices), np.int32)
+    for j, i in enumerate(indices):
+      record = self._source[int(i)]
+      image = np.asarray(record["image"])
+      if image.shape != self._spec.image_shape:
+        raise ValueError(f"{self._name}/{self._split} record {i} has image "
+                         f"shape {image.shape}, expected "
+                         f"{self._spec.image_shape}")
+      label = int(record["label"])
+      if not 0 <= label < self._spec.num_classes:
+        raise ValueError(f"{self._name}/{self._split} record {i} has label "
+                         f"{label} outside [0, {self._spec.num_classes})")
+      images[j], labels[j] = image, label
+    self.records_read += len(indices)
+    return images, labels
+
+
+def open_tfds_split(name: str, split: str, data_dir: str | None = None
+                    ) -> TfdsRecordSplit:
+  """Opens one split of a prepared tfds dataset for on-demand reading.
+
+  Args:
+    name: one of ``TFDS_DATASETS``.
+    split: 'train' or 'test'.
+    data_dir: the prepared TFDS data directory; None for
+      :func:`default_data_dir`.
+
+  Raises:
+    FileNotFoundError: the dataset is not prepared (fast, no network).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  if split not in ("train", "test"):
+    raise ValueError(f"split must be 'train' or 'test', got split={split!r}")
+  data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+  version = find_prepared_version(name, data_dir)
+  source = tfds.data_source(f"{name}:{version}", split=split,
+                            data_dir=data_dir, download=False, try_gcs=False)
+  return TfdsRecordSplit(source, name, split, TFDS_SPECS[name])
+
+
 @functools.lru_cache(maxsize=4)
 def _load_cached(name: str, data_dir: str, version: str) -> TfdsSplits:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

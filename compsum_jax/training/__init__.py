@@ -4,7 +4,13 @@ Every experiment trains through :func:`make_train_step` with its own
 objective; see ``step.py`` for the data-parallel and vmapped-member design.
 """
 
+from compsum_jax.training import distributed
 from compsum_jax.training.checkpoint import CheckpointStore
+from compsum_jax.training.distributed import (
+    fetch,
+    is_primary,
+    sum_over_processes,
+)
 from compsum_jax.training.loop import FitResult, NonFiniteError, fit
 from compsum_jax.training.metrics import (
     MetricsWriter,
@@ -38,6 +44,7 @@ from compsum_jax.training.step import (
     make_train_step,
     mesh_axis_size,
     place_state,
+    process_batch_rows,
     replicate,
     shard_batch,
 )
@@ -55,11 +62,14 @@ __all__ = [
     "classification_objective",
     "comp_sum_from_hparams",
     "create_train_state",
+    "distributed",
     "environment_record",
     "evaluate",
+    "fetch",
     "fit",
     "init_member_states",
     "init_train_state",
+    "is_primary",
     "key_data",
     "make_data_mesh",
     "make_eval_step",
@@ -70,9 +80,11 @@ __all__ = [
     "mesh_axis_size",
     "num_params",
     "place_state",
+    "process_batch_rows",
     "read_metrics",
     "replicate",
     "shard_batch",
     "stack_states",
+    "sum_over_processes",
     "unstack_states",
 ]

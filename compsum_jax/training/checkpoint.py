@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from compsum_jax.training.distributed import fetch
 from compsum_jax.training.metrics import to_jsonable
 from compsum_jax.training.state import TrainState
 
@@ -111,7 +112,7 @@ class CheckpointStore:
     Returns:
       The step number of the checkpoint.
     """
-    step = int(np.max(jax.device_get(state.step)))
+    step = int(np.max(fetch(state.step)))
     meta = {"step": step, "epoch": int(epoch),
             "metrics": to_jsonable(dict(metrics or {})),
             **to_jsonable(dict(extra or {}))}

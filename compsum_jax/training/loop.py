@@ -24,6 +24,12 @@ of everything around it:
 * **records**: config.json, environment.json (versions, devices),
   metrics.jsonl + TensorBoard (see :mod:`compsum_jax.training.metrics`), and a
   tqdm progress bar with ETA.
+* **several processes** (``compsum_jax.training.distributed``): every
+  process calls ``fit`` with the same arguments and its own rows of each
+  global batch (``global_batch_size``); all take part in every checkpoint
+  save and restore (orbax; process 0 writes the metadata), metrics are
+  fetched from all processes, and records and the progress bar come from
+  process 0 only.
 
 Step numbering: "step s" is the update that consumes the s-th batch of the
 run (0-based) and takes ``state.step`` from s to s + 1; a checkpoint "at step
@@ -45,6 +51,7 @@ import tqdm
 
 from compsum_jax.training import metrics as metrics_lib
 from compsum_jax.training.checkpoint import CheckpointStore
+from compsum_jax.training.distributed import fetch, is_primary
 from compsum_jax.training.state import TrainState
 from compsum_jax.training.step import Batch, place_state, shard_batch
 
@@ -117,7 +124,8 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
         best_metric: str | None = None, best_mode: str = "max",
         log_every_steps: int = 50,
         learning_rate_fn: Callable[[int], Any] | None = None,
-        progress: bool = True, tensorboard: bool = True) -> FitResult:
+        progress: bool = True, tensorboard: bool = True,
+        global_batch_size: int | None = None) -> FitResult:
   """Trains ``state`` for ``num_epochs`` epochs, resuming from ``workdir``.
 
   Args:
@@ -155,6 +163,11 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
     learning_rate_fn: schedule, to log 'learning_rate' (e.g. make_schedule).
     progress: show a tqdm progress bar with ETA.
     tensorboard: also write TensorBoard event files.
+    global_batch_size: several processes: ``train_batches`` yields only this
+      process's rows ``process_batch_rows(mesh, B)`` of each global batch of
+      B rows (see :func:`shard_batch`); None: whole batches. Every process
+      calls ``fit`` with the same arguments; checkpoints are written by all,
+      records and the progress bar by process 0 only.
 
   Returns:
     A :class:`FitResult`.
@@ -192,7 +205,7 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
       raise ValueError(f"resuming {workdir!r}: it was trained with "
                        f"steps_per_epoch={saved_spe}, now steps_per_epoch="
                        f"{steps_per_epoch}")
-  step = int(np.max(jax.device_get(state.step)))
+  step = int(np.max(fetch(state.step)))
   total_steps = num_epochs * steps_per_epoch
   metrics_lib.append_environment(workdir, start_step=step,
                                  resumed_from_step=resumed_from,
@@ -200,7 +213,8 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
   writer = metrics_lib.MetricsWriter(workdir, resume_step=resumed_from,
                                      tensorboard=tensorboard)
   bar = tqdm.tqdm(total=total_steps, initial=step, unit="step",
-                  disable=not progress, dynamic_ncols=True, desc="train")
+                  disable=not progress or not is_primary(),
+                  dynamic_ncols=True, desc="train")
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   eval_history: list[tuple[int, dict[str, Any]]] = []
   timer = [time.perf_counter(), step]
@@ -211,7 +225,7 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
     if not pending:
       return
     steps = [s for s, _ in pending]
-    values = jax.device_get([m for _, m in pending])
+    values = fetch([m for _, m in pending])
     pending.clear()
     for s, m in zip(steps, values, strict=True):
       finite = np.asarray(m["finite"])
@@ -241,7 +255,9 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
       batches = itertools.islice(iter(train_batches(epoch)), skip,
                                  steps_per_epoch)
       for batch in batches:
-        state, step_metrics = train_step(state, shard_batch(batch, mesh))
+        state, step_metrics = train_step(
+            state, shard_batch(batch, mesh,
+                               global_batch_size=global_batch_size))
         pending.append((step, step_metrics))
         step += 1
         bar.update(1)

@@ -22,9 +22,12 @@ not per device. Random numbers are independent of the sharding
 ``AxisType.Auto`` (sharding propagation by the compiler) rather than the
 ``Explicit`` default of ``jax.make_mesh``: objectives are ordinary
 single-device code (reshapes, gathers, attacks) and must not have to carry
-sharding annotations. Multi-host: call ``jax.distributed.initialize()`` first;
-``jax.devices()`` then spans all hosts and :func:`shard_batch` assembles the
-global batch from each process's rows. On a mesh of several *CPU* devices
+sharding annotations. Several processes: call
+``compsum_jax.training.distributed.initialize`` first; ``jax.devices()`` then
+spans all processes, every process builds the same global batch order but
+materialises only the rows of its own devices (:func:`process_batch_rows`),
+and :func:`shard_batch` with ``global_batch_size`` assembles the global batch
+from the processes' rows. On a mesh of several *CPU* devices
 (``--xla_force_host_platform_device_count``) each step waits for its result
 before returning: XLA:CPU's in-process all-reduce deadlocked under
 back-to-back asynchronous dispatch (see ``_wait_on_host_cpu_mesh``).
@@ -74,6 +77,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from compsum_jax.training.distributed import fetch
 from compsum_jax.training.state import TrainState, key_data
 
 PyTree = Any
@@ -170,7 +174,26 @@ def replicate(tree: PyTree, mesh: jax.sharding.Mesh | None) -> PyTree:
   """Places ``tree`` (e.g. a TrainState) replicated on every mesh device."""
   if mesh is None:
     return jax.device_put(tree)
-  return jax.device_put(tree, replicated_sharding(mesh))
+  return _put_global(tree, replicated_sharding(mesh))
+
+
+def _put_global(tree: PyTree, sharding: NamedSharding) -> PyTree:
+  """``device_put`` that also works for a mesh spanning several processes.
+
+  Several processes: every process holds the same host value of ``tree``
+  (same seeds) and supplies the pieces for its own devices.
+  """
+  if jax.process_count() == 1 or sharding.is_fully_addressable:
+    return jax.device_put(tree, sharding)
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, sharding)  # already global: reshard
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, sharding,
+                                        lambda index: host[index])
+
+  return jax.tree.map(one, tree)
 
 
 def _leading_sizes(tree: PyTree) -> set[int | None]:
@@ -195,23 +218,72 @@ def place_state(state: PyTree, mesh: jax.sharding.Mesh | None) -> PyTree:
       raise ValueError(f"a mesh with {shards} 'members' shards needs stacked "
                        "member states whose leading size is a multiple of "
                        f"{shards}; got leading sizes {sorted(lead, key=str)}")
-  return jax.device_put(state, state_sharding(mesh))
+  return _put_global(state, state_sharding(mesh))
 
 
-def shard_batch(batch: Batch, mesh: jax.sharding.Mesh | None) -> dict:
+def process_batch_rows(mesh: jax.sharding.Mesh | None,
+                       global_batch_size: int) -> np.ndarray:
+  """Rows of a global batch of B rows that this process's devices hold.
+
+  The train and eval steps split a batch's leading axis over the mesh's
+  'data' axis (device j of 'data' holds rows [j·B/n, (j+1)·B/n)) and
+  replicate it along 'members'. A process materialises only the union of
+  its devices' rows: all B rows in a single-process run or when the process
+  holds a whole 'data' row of the mesh (e.g. member groups, one process per
+  group), B / num_processes rows with one device per process on a ('data',)
+  mesh.
+
+  Returns:
+    Sorted int64 row indices into the global batch.
+  """
+  b = global_batch_size
+  if isinstance(b, bool) or int(b) != b or b < 1:
+    raise ValueError(f"global_batch_size must be a positive integer, got "
+                     f"global_batch_size={global_batch_size!r}")
+  b = int(b)
+  if mesh is None:
+    return np.arange(b)
+  _check_mesh(mesh)
+  n = mesh_axis_size(mesh, DATA_AXIS)
+  if b % n:
+    raise ValueError(f"global_batch_size={b} must be divisible by the {n} "
+                     f"devices of the mesh's '{DATA_AXIS}' axis")
+  rows = set()
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((b,))
+  for index in index_map.values():
+    rows.update(range(b)[index[0]])
+  return np.array(sorted(rows), np.int64)
+
+
+def shard_batch(batch: Batch, mesh: jax.sharding.Mesh | None, *,
+                global_batch_size: int | None = None) -> dict:
   """Moves a host batch (dict of arrays [B, ...]) onto the devices.
 
   With a mesh, B must be divisible by the size of its 'data' axis; each
   device gets B / n consecutive rows (the whole batch, replicated, along a
-  'members' axis). On several hosts every process passes the same global
-  batch and contributes the rows of its own devices.
+  'members' axis).
+
+  Several processes: either every process passes the same global batch
+  (``global_batch_size`` None; each contributes its devices' rows), or,
+  with ``global_batch_size=B``, each process passes only its own rows
+  ``process_batch_rows(mesh, B)`` of the global batch, in that order (what
+  ``compsum_jax.data``'s batch helpers yield with ``rows=``), and the global
+  [B, ...] array is assembled from the processes' pieces. Single-process,
+  both forms give the same array.
   """
   batch = dict(batch)
   if mesh is None:
+    if global_batch_size is not None:
+      _check_local_rows(batch, np.arange(int(global_batch_size)))
     return jax.device_put(batch)
   _check_mesh(mesh)
   n = mesh_axis_size(mesh, DATA_AXIS)
   sharding = batch_sharding(mesh)
+  if global_batch_size is not None:
+    rows = process_batch_rows(mesh, global_batch_size)
+    _check_local_rows(batch, rows)
+    return {name: _assemble(np.asarray(x), rows, int(global_batch_size),
+                            sharding) for name, x in batch.items()}
   for name, x in batch.items():
     b = np.shape(x)[0] if np.ndim(x) else None
     if b is None or b % n:
@@ -226,6 +298,29 @@ def shard_batch(batch: Batch, mesh: jax.sharding.Mesh | None) -> dict:
     out[name] = jax.make_array_from_callback(
         x.shape, sharding, lambda index, x=x: x[index])
   return out
+
+
+def _check_local_rows(batch: Mapping[str, Any], rows: np.ndarray) -> None:
+  for name, x in batch.items():
+    b = np.shape(x)[0] if np.ndim(x) else None
+    if b != len(rows):
+      raise ValueError(f"batch[{name!r}] has leading size {b}, but this "
+                       f"process holds {len(rows)} rows of the global batch "
+                       "(process_batch_rows); pass those rows only")
+
+
+def _assemble(local: np.ndarray, rows: np.ndarray, global_batch_size: int,
+              sharding: NamedSharding) -> jax.Array:
+  """Global [B, ...] array from this process's rows ``local`` = x[rows]."""
+  shape = (global_batch_size,) + local.shape[1:]
+  pieces = []
+  for device, index in sharding.addressable_devices_indices_map(
+      shape).items():
+    wanted = np.arange(global_batch_size)[index[0]]
+    # position of global row r in the local array: searchsorted(rows, r)
+    pieces.append(jax.device_put(local[np.searchsorted(rows, wanted)],
+                                 device))
+  return jax.make_array_from_single_device_arrays(shape, sharding, pieces)
 
 
 def _check_members_on_mesh(mesh: jax.sharding.Mesh,
@@ -471,11 +566,15 @@ def make_eval_step(eval_fn: EvalFn, *, mesh: jax.sharding.Mesh | None = None,
 def evaluate(eval_step: Callable[..., dict[str, jax.Array]],
              state: TrainState, batches: Iterable[Batch], *,
              mesh: jax.sharding.Mesh | None = None,
-             rng: jax.Array | int = 0) -> dict[str, Any]:
+             rng: jax.Array | int = 0,
+             global_batch_size: int | None = None) -> dict[str, Any]:
   """Runs ``eval_step`` over all ``batches`` and returns exact averages.
 
   Per-batch sums are accumulated on the host in int64 / float64. Batch i uses
-  the key ``fold_in(rng, i)``.
+  the key ``fold_in(rng, i)``. With several processes, pass each process's
+  rows of every global batch and ``global_batch_size`` (see
+  :func:`shard_batch`): the compiled step sums over the global batch, so
+  every process gets the same exact totals (counts, not means of means).
 
   Returns:
     ``{'count': N, name: Σ v / N, name + '_sum': Σ v}`` for every value
@@ -488,7 +587,9 @@ def evaluate(eval_step: Callable[..., dict[str, jax.Array]],
   pending = []
   for i, batch in enumerate(batches):
     key = jax.random.key_data(jax.random.fold_in(base, i))
-    pending.append(eval_step(state, shard_batch(batch, mesh), key))
+    pending.append(eval_step(
+        state, shard_batch(batch, mesh, global_batch_size=global_batch_size),
+        key))
     if len(pending) >= 8:  # bounded in-flight results, keeps dispatch async
       _accumulate(totals, pending.pop(0))
   for sums in pending:
@@ -508,7 +609,7 @@ def evaluate(eval_step: Callable[..., dict[str, jax.Array]],
 
 
 def _accumulate(totals: dict[str, np.ndarray], sums: Mapping[str, Any]) -> None:
-  for name, value in jax.device_get(dict(sums)).items():
+  for name, value in fetch(dict(sums)).items():
     value = np.asarray(value)
     value = (value.astype(np.int64) if np.issubdtype(value.dtype, np.integer)
              else value.astype(np.float64))

@@ -4,12 +4,29 @@ Every experiment trains through :func:`make_train_step` with its own
 objective; see ``step.py`` for the data-parallel and vmapped-member design.
 """
 
-from compsum_jax.training.checkpoint import CheckpointStore
+from compsum_jax.training.checkpoint import (
+    CheckpointRestoreError,
+    CheckpointStore,
+)
+from compsum_jax.training.errors import (
+    StorageError,
+    is_device_out_of_memory,
+    storage_error,
+)
+from compsum_jax.training.history import (
+    HistoryCheck,
+    RunNotFinishedError,
+    check_history,
+    final_evaluation,
+    rebuild_eval_history,
+)
 from compsum_jax.training.loop import FitResult, NonFiniteError, fit
 from compsum_jax.training.metrics import (
+    MetricsLog,
     MetricsWriter,
     environment_record,
     read_metrics,
+    read_metrics_log,
 )
 from compsum_jax.training.objectives import (
     apply_model,
@@ -41,25 +58,35 @@ from compsum_jax.training.step import (
     replicate,
     shard_batch,
 )
+from compsum_jax.training.workdir import WorkdirBusyError, workdir_lock
 
 __all__ = [
     "DATA_AXIS",
     "MEMBER_AXIS",
+    "CheckpointRestoreError",
     "CheckpointStore",
     "FitResult",
+    "HistoryCheck",
+    "MetricsLog",
     "MetricsWriter",
     "NonFiniteError",
+    "RunNotFinishedError",
+    "StorageError",
     "TrainState",
+    "WorkdirBusyError",
     "apply_model",
+    "check_history",
     "classification_eval_fn",
     "classification_objective",
     "comp_sum_from_hparams",
     "create_train_state",
     "environment_record",
     "evaluate",
+    "final_evaluation",
     "fit",
     "init_member_states",
     "init_train_state",
+    "is_device_out_of_memory",
     "key_data",
     "make_data_mesh",
     "make_eval_step",
@@ -71,8 +98,12 @@ __all__ = [
     "num_params",
     "place_state",
     "read_metrics",
+    "read_metrics_log",
+    "rebuild_eval_history",
     "replicate",
     "shard_batch",
     "stack_states",
+    "storage_error",
     "unstack_states",
+    "workdir_lock",
 ]

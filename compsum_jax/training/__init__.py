@@ -5,17 +5,34 @@ objective; see ``step.py`` for the data-parallel and vmapped-member design.
 """
 
 from compsum_jax.training import distributed
-from compsum_jax.training.checkpoint import CheckpointStore
+from compsum_jax.training.checkpoint import (
+    CheckpointRestoreError,
+    CheckpointStore,
+)
 from compsum_jax.training.distributed import (
     fetch,
     is_primary,
     sum_over_processes,
 )
+from compsum_jax.training.errors import (
+    StorageError,
+    is_device_out_of_memory,
+    storage_error,
+)
+from compsum_jax.training.history import (
+    HistoryCheck,
+    RunNotFinishedError,
+    check_history,
+    final_evaluation,
+    rebuild_eval_history,
+)
 from compsum_jax.training.loop import FitResult, NonFiniteError, fit
 from compsum_jax.training.metrics import (
+    MetricsLog,
     MetricsWriter,
     environment_record,
     read_metrics,
+    read_metrics_log,
 )
 from compsum_jax.training.objectives import (
     apply_model,
@@ -48,16 +65,24 @@ from compsum_jax.training.step import (
     replicate,
     shard_batch,
 )
+from compsum_jax.training.workdir import WorkdirBusyError, workdir_lock
 
 __all__ = [
-    "DATA_AXIS",
-    "MEMBER_AXIS",
+    "CheckpointRestoreError",
     "CheckpointStore",
+    "DATA_AXIS",
     "FitResult",
+    "HistoryCheck",
+    "MEMBER_AXIS",
+    "MetricsLog",
     "MetricsWriter",
     "NonFiniteError",
+    "RunNotFinishedError",
+    "StorageError",
     "TrainState",
+    "WorkdirBusyError",
     "apply_model",
+    "check_history",
     "classification_eval_fn",
     "classification_objective",
     "comp_sum_from_hparams",
@@ -66,9 +91,11 @@ __all__ = [
     "environment_record",
     "evaluate",
     "fetch",
+    "final_evaluation",
     "fit",
     "init_member_states",
     "init_train_state",
+    "is_device_out_of_memory",
     "is_primary",
     "key_data",
     "make_data_mesh",
@@ -82,9 +109,13 @@ __all__ = [
     "place_state",
     "process_batch_rows",
     "read_metrics",
+    "read_metrics_log",
+    "rebuild_eval_history",
     "replicate",
     "shard_batch",
     "stack_states",
+    "storage_error",
     "sum_over_processes",
     "unstack_states",
+    "workdir_lock",
 ]

@@ -49,9 +49,10 @@ import jax
 import numpy as np
 import tqdm
 
+from compsum_jax.training import errors as errors_lib
 from compsum_jax.training import metrics as metrics_lib
 from compsum_jax.training.checkpoint import CheckpointStore
-from compsum_jax.training.distributed import fetch, is_primary
+from compsum_jax.training.distributed import fetch, is_primary, sync
 from compsum_jax.training.state import TrainState
 from compsum_jax.training.step import Batch, place_state, shard_batch
 
@@ -92,6 +93,9 @@ class FitResult:
     resumed_from_step: the checkpoint step the run resumed from, or None.
     best_step: step of the best checkpoint by ``best_metric``, or None.
     eval_history: list of (step, metrics) of every evaluation of this process.
+    final_metrics: the evaluation committed with the final checkpoint (read
+      back from it; also for a run that was already finished), or None
+      without an ``evaluate_fn``. Report this as final, not a log record.
   """
 
   state: TrainState
@@ -99,6 +103,7 @@ class FitResult:
   resumed_from_step: int | None
   best_step: int | None
   eval_history: list[tuple[int, dict[str, Any]]]
+  final_metrics: dict[str, Any] | None = None
 
 
 def _check_positive_int(value: Any, name: str, *, allow_none: bool = False
@@ -110,6 +115,7 @@ def _check_positive_int(value: Any, name: str, *, allow_none: bool = False
   return int(value)
 
 
+@errors_lib.reraise_storage_errors("workdir")
 def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
         train_step: Callable[[TrainState, Batch], tuple[TrainState, dict]],
         train_batches: Callable[[int], Iterable[Batch]],
@@ -175,6 +181,9 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
   Raises:
     NonFiniteError: a NaN/Inf loss or gradient (the latest checkpoint is the
       last good state).
+    StorageError: a write failed on a full disk / quota / read-only
+      filesystem (path and free space named).
+    CheckpointRestoreError: checkpoints exist but none loads.
     ValueError: bad arguments, a changed config or ``steps_per_epoch`` on
       resume, or ``train_batches`` yielding too few batches.
   """
@@ -195,10 +204,15 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
   store = CheckpointStore(os.path.join(workdir, CHECKPOINT_DIR),
                           keep=keep_checkpoints, best_metric=best_metric,
                           best_mode=best_mode)
+  # Process 0 cleans up interrupted deletions when the store opens.
+  sync("checkpoint_store_open")
   state = place_state(state, mesh)
-  resumed_from = store.latest_step()
-  if resumed_from is not None:
-    state, meta = store.restore(state, resumed_from)
+  # The newest checkpoint that loads; damaged newer ones are reported.
+  restored = store.restore_latest_intact(state)
+  sync("checkpoint_restored")
+  resumed_from = None
+  if restored is not None:
+    state, meta, resumed_from = restored
     saved_spe = meta.get("steps_per_epoch")
     if saved_spe is not None and saved_spe != steps_per_epoch:
       store.close()
@@ -218,7 +232,8 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   eval_history: list[tuple[int, dict[str, Any]]] = []
   timer = [time.perf_counter(), step]
-  extra_meta = {"steps_per_epoch": steps_per_epoch}
+  extra_meta = {"steps_per_epoch": steps_per_epoch, "num_epochs": num_epochs,
+                "eval_every_epochs": eval_every_epochs}
 
   def flush() -> None:
     """Fetches pending step metrics, stops on non-finite, writes a record."""
@@ -288,14 +303,30 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
       # every evaluation (so the best checkpoint is tracked) and at the end.
       if (epochs_done % checkpoint_every_epochs == 0 or eval_metrics is not None
           or epochs_done == num_epochs):
+        # The final evaluation is committed in the same orbax step as the
+        # final state ("final": True), so results can come from state.
         store.save(state, epoch=epochs_done, metrics=eval_metrics,
-                   extra=extra_meta)
+                   extra={**extra_meta,
+                          "final": epochs_done == num_epochs})
     flush()
     store.wait_until_finished()
     best_step = store.best_step()
+    final_metrics = _final_metrics(store)
   finally:
     bar.close()
     store.close()
     writer.close()
   return FitResult(state=state, step=step, resumed_from_step=resumed_from,
-                   best_step=best_step, eval_history=eval_history)
+                   best_step=best_step, eval_history=eval_history,
+                   final_metrics=final_metrics)
+
+
+def _final_metrics(store: CheckpointStore) -> dict[str, Any] | None:
+  """The evaluation stored with the final checkpoint, read back from disk."""
+  latest = store.latest_step()
+  if latest is None:
+    return None
+  meta = store.metadata(latest)
+  if not meta.get("final") or not meta.get("metrics"):
+    return None
+  return dict(meta["metrics"])

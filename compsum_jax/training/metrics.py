@@ -14,6 +14,7 @@ Files written (by process 0 only):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -158,19 +159,38 @@ def _summary_writer_class():
   return SummaryWriter
 
 
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """All records of ``metrics.jsonl`` (empty list if none).
+@dataclasses.dataclass
+class MetricsLog:
+  """The records of ``metrics.jsonl`` and what :func:`read_metrics` dropped.
 
-  A process killed while appending (SIGKILL, power loss) can leave a partial
-  last line without its newline: that line is dropped, so a resumed run can
-  read the file. An unreadable line anywhere else raises ``ValueError``.
+  Attributes:
+    records: the readable records, in file order.
+    path: the file.
+    exists: whether the file exists (False: ``records`` is empty).
+    torn_last_line: a partial last line (no newline, not valid JSON) was
+      dropped, i.e. the writer was killed mid-write: the history may lack
+      its last record.
+  """
+
+  records: list[dict[str, Any]]
+  path: str
+  exists: bool
+  torn_last_line: bool
+
+
+def read_metrics_log(workdir: str) -> MetricsLog:
+  """Reads ``metrics.jsonl`` like :func:`read_metrics`, telling what it dropped.
+
+  Raises:
+    ValueError: an unreadable line other than a torn last one.
   """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
-    return []
+    return MetricsLog(records=[], path=path, exists=False,
+                      torn_last_line=False)
   with open(path, encoding="utf-8") as f:
     lines = f.readlines()
-  records = []
+  records, torn = [], False
   for number, line in enumerate(lines, start=1):
     if not line.strip():
       continue
@@ -178,10 +198,25 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
       records.append(json.loads(line))
     except json.JSONDecodeError as error:
       if number == len(lines) and not line.endswith("\n"):
-        break  # torn final write
+        torn = True  # torn final write
+        break
       raise ValueError(f"{path}: line {number} is not valid JSON "
                        f"({error.msg})") from error
-  return records
+  return MetricsLog(records=records, path=path, exists=True,
+                    torn_last_line=torn)
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """All records of ``metrics.jsonl`` (empty list if none).
+
+  A process killed while appending (SIGKILL, power loss) can leave a partial
+  last line without its newline: that line is dropped, so a resumed run can
+  read the file. An unreadable line anywhere else raises ``ValueError``.
+  To tell whether a line was dropped or the file is missing, use
+  :func:`read_metrics_log`; to check the history against the final
+  checkpoint, :func:`compsum_jax.training.history.check_history`.
+  """
+  return read_metrics_log(workdir).records
 
 
 class MetricsWriter:

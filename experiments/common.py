@@ -393,7 +393,11 @@ def epoch_batches(config: Any, dataset: data_lib.Dataset
 
 def comp_sum_per_example(logits: jax.Array, labels: jax.Array,
                          hparams: Mapping[str, jax.Array]) -> jax.Array:
-  """ℓ_τ(h(x_i), y_i) with the member's τ = hparams['tau'] (paper eq. (1)); [B]."""
+  """ℓ_τ(h(x_i), y_i) with the member's τ = hparams['tau']; [B].
+
+  ℓ_τ(h, x, y) = Φ^τ(Σ_{y'≠y} exp(h(x, y') − h(x, y))), Φ^τ(u) =
+  ((1 + u)^{1−τ} − 1)/(1 − τ) (log(1 + u) at τ = 1).
+  """
   return training.comp_sum_from_hparams(logits, labels, hparams)
 
 

@@ -1,7 +1,7 @@
 """The loss-comparison experiment: every ℓ_τ trained side by side.
 
 For every τ in ``config.taus`` and seed index s < ``config.num_seeds`` one
-member h_{τ,s} is trained with the comp-sum loss ℓ_τ (paper eq. (1)); everything
+member h_{τ,s} is trained with the comp-sum loss ℓ_τ; everything
 else is equal: same data, label noise and batch order (``data_seed``), same
 model, optimizer and schedule, and the same initialisation for all τ at a given
 seed index (seed ``config.seed + s``). All members go through THE train step
@@ -25,7 +25,7 @@ Each group of members is a :func:`compsum_jax.training.fit` run in
 Evaluation (every ``eval_every_epochs`` epochs and at the end) measures, per
 member: test accuracy and test ℓ_τ on the CLEAN test labels, ℓ_τ and accuracy
 on the (possibly noisy) training labels, and, when the posteriors are known
-(``synthetic``), both sides of the H-consistency bound (paper Theorem 3.1) on the
+(``synthetic``), both sides of the comp-sum H-consistency bound on the
 test inputs with the exact posteriors p(·|x):
 
   zero-one estimation error   E_x[ΔC_0-1(h, x)] = E_x[max_y p_y − p_{h(x)}]
@@ -100,7 +100,8 @@ BOOKKEEPING_FIELDS = ("checkpoint_every_epochs", "companion", "cpu_devices",
 
 
 def tau_name(tau: float) -> str:
-  """Name of ℓ_τ in the comp-sum family (paper Table 1)."""
+  """Name of ℓ_τ: 0 sum-exponential, 1 cross-entropy, (1, 2) generalized
+  cross-entropy with q = τ − 1, 2 mean absolute error."""
   if tau == 0.0:
     return "sum-exponential"
   if tau == 1.0:

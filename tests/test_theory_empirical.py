@@ -15,7 +15,7 @@ from compsum_jax import theory
 
 
 def np_transform(t, tau, n):
-  """T_τ(t) of paper Theorem 3.1, NumPy float64."""
+  """T_τ(t), the comp-sum bound function (closed form per τ range), float64."""
   if tau >= 2:
     return t / ((tau - 1) * n ** (tau - 1))
   if tau == 1:

@@ -2,7 +2,7 @@
 
 For K trained hypotheses h_k with comp-sum parameters τ_k, scored on N inputs
 x_i whose posteriors p(·|x_i) are known, and the family of all measurable
-functions (both minimizability gaps 0), the paper's Theorem 3.1 reads
+functions (both minimizability gaps 0), the comp-sum H-consistency bound reads
 
   E_x[ΔC_0-1(h_k, x)] ≤ Γ_τk(E_x[ΔC_τk(h_k, x)]),
 

@@ -96,6 +96,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from configs import common
+
 PRESETS = ("smoke", "digits", "mnist", "cifar10", "cifar100", "svhn")
 EPS_8_255 = 8.0 / 255.0
 
@@ -111,16 +113,7 @@ def _base() -> ml_collections.ConfigDict:
   c.validation_size = 1024
   c.model = ml_collections.ConfigDict(
       {"name": "cnn", "kwargs": ml_collections.ConfigDict()})
-  c.optimizer = ml_collections.ConfigDict({
-      "name": "sgd",
-      "learning_rate": 0.1,
-      "momentum": 0.9,
-      "nesterov": True,
-      "weight_decay": 5e-4,
-      "weight_decay_mask": "kernels",
-      "schedule": "cosine",
-      "warmup_steps": 0,
-  })
+  c.optimizer = common.optimizer_config(grad_clip=None)
   c.methods = ("standard", "pgd_at", "trades", "adv_comp_sum")
   c.adv_comp_sum = ml_collections.ConfigDict(
       {"taus": (0.5, 1.0, 1.5), "nu": 1.0, "rho": 1.0})
@@ -241,9 +234,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     base_lr = 0.05 if name == "svhn" else 0.1
     c.optimizer.learning_rate = base_lr * c.batch_size / 256
     c.optimizer.weight_decay = 5e-4
-    steps_per_epoch = {"cifar10": 48_976 // 1024, "cifar100": 48_976 // 1024,
-                       "svhn": 72_233 // 1024}[name]
-    c.optimizer.warmup_steps = 10 * steps_per_epoch
+    c.optimizer.warmup_epochs = 10
     c.ema_decay = 0.995
     c.augment = True
     c.augment_flip = name != "svhn"

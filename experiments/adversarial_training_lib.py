@@ -463,7 +463,7 @@ def train_and_evaluate(config: Any, method: str, tau: float | None, seed: int,
                      f"{ds.train.num_examples} training examples")
   num_epochs = int(config.num_epochs)
   total_steps = steps_per_epoch * num_epochs
-  opt_cfg = _as_dict(config.optimizer)
+  opt_cfg = common.optimizer_settings(config, steps_per_epoch)
   ema_decay = float(config.ema_decay)
   augment_fn = common.make_augment_fn(config, ds)
   mesh = common.data_mesh(config)

@@ -11,13 +11,15 @@ Config fields read here (the experiment's config may hold more):
   dataset, dataset_kwargs, data_dir, data_seed, validation_size, label_noise
       -> :func:`load_data`
   model.name, model.kwargs -> :func:`build_model`
-  optimizer (make_optimizer fields) -> :func:`build_optimizer`
+  optimizer (make_optimizer fields, warm-up in epochs) -> :func:`build_optimizer`
   augment, augment_flip -> :func:`make_augment_fn`
   batch_size, eval_batch_size
 
 Members: a sweep over hyper-parameters × seeds is a list of :class:`Member`;
 K members train together through the train step's vmapped K-member mode
 (``state.hparams`` carries each member's values into ``batch['hparams']``).
+Compiled steps are shared through a :class:`StepCache` owned by the caller.
+Tables report "mean ± sample std over n seeds" (:data:`STD_CONVENTION`).
 """
 
 from __future__ import annotations
@@ -27,22 +29,21 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from compsum_jax import data as data_lib
 from compsum_jax import models as models_lib
 from compsum_jax import training
-from compsum_jax.losses import comp_sum_loss
 
 PyTree = Any
 LossFn = Callable[[jax.Array, jax.Array, Mapping[str, jax.Array]], jax.Array]
+T = TypeVar("T")
 
 # Short names accepted for datasets in configs.
 DATASET_ALIASES = {"svhn": "svhn_cropped"}
@@ -81,14 +82,20 @@ def run_identity(config: Any, extra_bookkeeping: Sequence[str] = ()
 
 
 def check_int(config: Any, field: str, *, low: int | None = None,
-              high: int | None = None) -> int:
-  """An integer config field in [low, high]; ValueError naming the field."""
+              high: int | None = None, optional: bool = False) -> int | None:
+  """An integer config field in [low, high]; ValueError naming the field.
+
+  With ``optional=True`` the field may also be None (returned as None).
+  """
   value = config_value(config, field)
+  if optional and value is None:
+    return None
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
       low is not None and value < low) or (high is not None and value > high):
     bounds = (f" >= {low}" if low is not None else "") + (
         f" <= {high}" if high is not None else "")
-    raise ValueError(f"config.{field} must be an integer{bounds}, got "
+    none = " or None" if optional else ""
+    raise ValueError(f"config.{field} must be an integer{bounds}{none}, got "
                      f"config.{field}={value!r}")
   return int(value)
 
@@ -120,6 +127,27 @@ def check_choice(config: Any, field: str, choices: Sequence[Any]) -> Any:
     raise ValueError(f"config.{field} must be one of {tuple(choices)}, got "
                      f"config.{field}={value!r}")
   return value
+
+
+def check_float_sequence(config: Any, field: str, *, low: float = -math.inf,
+                         distinct: bool = False) -> tuple[float, ...]:
+  """A non-empty sequence of finite numbers ≥ ``low`` (a bare number counts
+  as a sequence of one); ValueError naming the field and the bad value."""
+  value = config_value(config, field)
+  values = (value,) if isinstance(value, numbers.Real) else value
+  if not isinstance(values, (tuple, list)) or not values:
+    raise ValueError(f"config.{field} must be a non-empty sequence of numbers "
+                     f">= {low}, got config.{field}={value!r}")
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (
+        math.isfinite(v) and v >= low):
+      raise ValueError(f"config.{field} must hold finite numbers >= {low}, "
+                       f"got config.{field}={tuple(values)!r} (bad value "
+                       f"{v!r})")
+  if distinct and len(set(float(v) for v in values)) != len(values):
+    raise ValueError(f"config.{field} has repeated values: config.{field}="
+                     f"{tuple(values)!r}")
+  return tuple(float(v) for v in values)
 
 
 def dataset_name(config: Any) -> str:
@@ -156,6 +184,7 @@ def check_optimizer_config(config: Any) -> None:
   check_choice(config, "optimizer.name", ("sgd", "adamw"))
   check_float(config, "optimizer.learning_rate", low=0.0, low_open=True)
   check_float(config, "optimizer.weight_decay", low=0.0)
+  check_int(config, "optimizer.warmup_epochs", low=0)
 
 
 # ---------------------------------------------------------- data and model
@@ -261,21 +290,67 @@ def data_mesh(config: Any, num_members: int | None = None
   return training.make_member_mesh(shards, data)
 
 
-def steps_per_epoch(config: Any, dataset: data_lib.Dataset) -> int:
-  """Updates per epoch: ⌊N_train / batch_size⌋ (the last partial batch drops)."""
+def steps_per_epoch(config: Any, num_train: int) -> int:
+  """Updates per epoch: ⌊N_train / batch_size⌋ (the last partial batch drops).
+
+  Raises:
+    ValueError: ``config.batch_size`` exceeds the ``num_train`` examples.
+  """
   batch_size = check_int(config, "batch_size", low=1)
-  if batch_size > dataset.train.num_examples:
+  if batch_size > num_train:
     raise ValueError(f"config.batch_size={batch_size} exceeds the "
-                     f"{dataset.train.num_examples} training examples")
-  return data_lib.num_train_batches(dataset.train, batch_size)
+                     f"{num_train} training examples")
+  return int(num_train) // batch_size
 
 
-def build_optimizer(config: Any, total_steps: int
-                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(optimizer, learning-rate schedule) from ``config.optimizer``."""
-  opt_config = config_value(config, "optimizer")
-  return (training.make_optimizer(opt_config, total_steps),
-          training.make_schedule(opt_config, total_steps))
+def optimizer_settings(config: Any, steps_per_epoch: int) -> dict[str, Any]:
+  """``config.optimizer`` as ``training.make_optimizer`` fields.
+
+  The warm-up is given in epochs; it becomes
+  ``warmup_steps = warmup_epochs · steps_per_epoch``.
+  """
+  opt = config_value(config, "optimizer")
+  settings = dict(opt.to_dict() if hasattr(opt, "to_dict") else opt)
+  if "warmup_steps" in settings:
+    raise ValueError("config.optimizer.warmup_steps is derived from "
+                     "config.optimizer.warmup_epochs; set that instead, got "
+                     f"config.optimizer.warmup_steps="
+                     f"{settings['warmup_steps']!r}")
+  warmup_epochs = check_int(config, "optimizer.warmup_epochs", low=0)
+  del settings["warmup_epochs"]
+  settings["warmup_steps"] = warmup_epochs * int(steps_per_epoch)
+  return settings
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerPlan:
+  """The optimizer of a run and the step counts it was built for.
+
+  Attributes:
+    optimizer: the optax transformation.
+    schedule: its learning-rate schedule (step -> rate).
+    steps_per_epoch: ⌊N_train / batch_size⌋.
+    total_steps: steps_per_epoch · num_epochs.
+    warmup_steps: warmup_epochs · steps_per_epoch.
+  """
+
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+  steps_per_epoch: int
+  total_steps: int
+  warmup_steps: int
+
+
+def build_optimizer(config: Any, num_train: int) -> OptimizerPlan:
+  """The optimizer of ``config.optimizer`` for ``config.num_epochs`` epochs
+  over ``num_train`` training examples in batches of ``config.batch_size``."""
+  spe = steps_per_epoch(config, num_train)
+  total = spe * check_int(config, "num_epochs", low=1)
+  settings = optimizer_settings(config, spe)
+  return OptimizerPlan(optimizer=training.make_optimizer(settings, total),
+                       schedule=training.make_schedule(settings, total),
+                       steps_per_epoch=spe, total_steps=total,
+                       warmup_steps=int(settings["warmup_steps"]))
 
 
 def make_augment_fn(config: Any, dataset: data_lib.Dataset
@@ -318,42 +393,46 @@ def epoch_batches(config: Any, dataset: data_lib.Dataset
 
 def comp_sum_per_example(logits: jax.Array, labels: jax.Array,
                          hparams: Mapping[str, jax.Array]) -> jax.Array:
-  """ℓ_τ(h(x_i), y_i) with the member's τ = hparams['tau'] (notes §2.1); [B]."""
+  """ℓ_τ(h(x_i), y_i) with the member's τ = hparams['tau']; [B].
+
+  ℓ_τ(h, x, y) = Φ^τ(Σ_{y'≠y} exp(h(x, y') − h(x, y))), Φ^τ(u) =
+  ((1 + u)^{1−τ} − 1)/(1 − τ) (log(1 + u) at τ = 1).
+  """
   return training.comp_sum_from_hparams(logits, labels, hparams)
 
 
-def cross_entropy_per_example(logits: jax.Array, labels: jax.Array,
-                              hparams: Mapping[str, jax.Array]) -> jax.Array:
-  """CE = logsumexp(h) − h_y (= ℓ_1), ignoring hparams; [B]."""
-  del hparams
-  return comp_sum_loss(logits, labels, 1.0)
-
-
-PER_EXAMPLE_LOSSES: dict[str, LossFn] = {
-    "comp_sum": comp_sum_per_example,
-    "cross_entropy": cross_entropy_per_example,
-}
-
-
-def per_example_loss(name: str) -> LossFn:
-  """A per-example loss ``(logits [B, n], labels [B], hparams) -> [B]``."""
-  if name not in PER_EXAMPLE_LOSSES:
-    raise ValueError(f"unknown loss name={name!r}; expected one of "
-                     f"{sorted(PER_EXAMPLE_LOSSES)}")
-  return PER_EXAMPLE_LOSSES[name]
-
-
-def make_objective(model: nn.Module, loss: str | LossFn = "comp_sum"
+def make_objective(model: nn.Module, loss_fn: LossFn = comp_sum_per_example
                    ) -> Callable[..., tuple[jax.Array, dict]]:
   """Supervised objective for the train step.
 
   ``objective(params, batch_stats, batch, rng) = (1/B) Σ_i ℓ(h_θ(x_i), y_i;
   batch['hparams'])`` with h_θ = ``model.apply`` in training mode; this is
-  :func:`compsum_jax.training.classification_objective` with the loss chosen
-  by name (or given as a function).
+  :func:`compsum_jax.training.classification_objective` with ``loss_fn``.
   """
-  loss_fn = per_example_loss(loss) if isinstance(loss, str) else loss
   return training.classification_objective(model, loss_fn)
+
+
+# ------------------------------------------------------------- step cache
+
+
+class StepCache(Generic[T]):
+  """Compiled steps (or anything costly) built once per key.
+
+  One cache per experiment run, owned by the caller; members trained one
+  after another share its entries, so a step compiles once per program.
+  """
+
+  def __init__(self) -> None:
+    self._entries: dict[Hashable, Any] = {}
+
+  def get(self, key: Hashable, build: Callable[[], T]) -> T:
+    """``build()`` on the first call with ``key``; the same object after."""
+    if key not in self._entries:
+      self._entries[key] = build()
+    return self._entries[key]
+
+  def __len__(self) -> int:
+    return len(self._entries)
 
 
 # ----------------------------------------------------------------- members
@@ -404,26 +483,17 @@ def member_grid(values: Mapping[str, Sequence[float]], num_seeds: int,
   return members
 
 
-# Compiled member initialisers; the entries keep model and optimizer alive so
-# their ids stay unique.
-_INIT_FNS: dict[tuple, tuple[nn.Module, Any, Callable]] = {}
-
-
 def init_states(model: nn.Module, optimizer: optax.GradientTransformation,
                 members: Sequence[Member], input_shape: Sequence[int], *,
                 stacked: bool) -> training.TrainState:
   """Initial state of ``members``: stacked [K, ...] or, for one, unstacked.
 
-  Member k's state equals ``training.init_train_state(model, optimizer,
-  rng=members[k].seed, input_shape=input_shape,
-  hparams=members[k].hparams)`` exactly (same key split, same compiled
-  init; checked by the tests), but the init is compiled once for all K
-  members. (Work-around: ``init_train_state`` jits a fresh lambda on every
-  call, which costs one XLA compilation per member, 2–7 s each on 2 CPU
-  cores.)
+  Member k's state is ``training.init_train_state(model, optimizer,
+  rng=members[k].seed, input_shape=input_shape, hparams=members[k].hparams)``
+  (the library compiles that initialiser once per model, optimizer and shape).
   """
   if not members:
-    raise ValueError("init_states needs at least one member")
+    raise ValueError("init_states needs at least one member, got none")
   if not stacked and len(members) != 1:
     raise ValueError(f"stacked=False needs exactly one member, got "
                      f"{len(members)}")
@@ -432,37 +502,15 @@ def init_states(model: nn.Module, optimizer: optax.GradientTransformation,
     if sorted(m.hparams) != names:
       raise ValueError(f"members must share hyper-parameter names, got "
                        f"{sorted(m.hparams)} and {names}")
-    for name in names:
-      if not math.isfinite(float(m.hparams[name])):
-        raise ValueError(f"hparams[{name!r}] must be finite, got "
-                         f"{m.hparams[name]!r} for member {m.index}")
-  dummy = jnp.zeros((1, *input_shape), jnp.float32)
-
-  def init_one(seed_key: jax.Array, hparams: dict[str, jax.Array]
-               ) -> training.TrainState:
-    # Same key split as training.init_train_state: (init key, state key).
-    init_key, state_key = jax.random.split(jax.random.wrap_key_data(seed_key))
-    variables = model.init(init_key, dummy, train=False)
-    unknown = set(variables) - {"params", "batch_stats"}
-    if unknown:
-      raise ValueError(f"model has variable collections {sorted(unknown)} "
-                       "that TrainState does not hold")
-    params = variables["params"]
-    return training.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=optimizer.init(params), ema_params=None,
-        rng=jax.random.key_data(state_key), hparams=hparams)
-
-  cache_key = (id(model), id(optimizer), tuple(input_shape))
-  if cache_key not in _INIT_FNS:  # compiled once per (model, optimizer, shape)
-    _INIT_FNS[cache_key] = (model, optimizer, jax.jit(init_one))
-  init_fn = _INIT_FNS[cache_key][2]
-  states = [init_fn(training.key_data(m.seed),
-                    {n: jnp.asarray(float(m.hparams[n]), jnp.float32)
-                     for n in names})
-            for m in members]
-  return training.stack_states(states) if stacked else states[0]
+  if not stacked:
+    (member,) = members
+    return training.init_train_state(model, optimizer, rng=member.seed,
+                                     input_shape=input_shape,
+                                     hparams=dict(member.hparams))
+  return training.init_member_states(
+      model, optimizer, rngs=[m.seed for m in members],
+      input_shape=input_shape,
+      hparams={n: [float(m.hparams[n]) for m in members] for n in names})
 
 
 # -------------------------------------------------------------- evaluation
@@ -524,6 +572,15 @@ def predict_logits(logits_fn: Callable[..., jax.Array],
 # ---------------------------------------------------------------- results
 
 
+# How every table of the experiments reports spread over seeds.
+STD_CONVENTION = "mean ± sample std (ddof = 1) over n seeds"
+
+
+def std_caption(num_seeds: int) -> str:
+  """'mean ± sample std over n = 3 seeds': the caption of tables and plots."""
+  return f"mean ± sample std over n = {int(num_seeds)} seeds"
+
+
 def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
   """Mean and sample standard deviation (ddof = 1; 0.0 for one value).
 
@@ -541,22 +598,24 @@ def to_jsonable(value: Any) -> Any:
   return training.metrics.to_jsonable(value)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes ``obj`` as sorted, indented JSON, atomically (tmp + rename)."""
-  path = os.fspath(path)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
 def write_text(path: str | os.PathLike, text: str) -> None:
-  """Writes ``text`` atomically."""
+  """Writes ``text`` atomically (tmp file + rename)."""
   path = os.fspath(path)
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.write(text)
   os.replace(path + ".tmp", path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Writes ``obj`` as sorted, indented JSON, atomically (tmp + rename)."""
+  write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True)
+             + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  """The JSON value stored at ``path``."""
+  with open(os.fspath(path), encoding="utf-8") as f:
+    return json.load(f)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]

@@ -1,7 +1,7 @@
-"""The loss-comparison experiment: every ℓ_τ trained side by side (issue 5).
+"""The loss-comparison experiment: every ℓ_τ trained side by side.
 
 For every τ in ``config.taus`` and seed index s < ``config.num_seeds`` one
-member h_{τ,s} is trained with the comp-sum loss ℓ_τ (notes §2.1); everything
+member h_{τ,s} is trained with the comp-sum loss ℓ_τ; everything
 else is equal: same data, label noise and batch order (``data_seed``), same
 model, optimizer and schedule, and the same initialisation for all τ at a given
 seed index (seed ``config.seed + s``). All members go through THE train step
@@ -25,23 +25,28 @@ Each group of members is a :func:`compsum_jax.training.fit` run in
 Evaluation (every ``eval_every_epochs`` epochs and at the end) measures, per
 member: test accuracy and test ℓ_τ on the CLEAN test labels, ℓ_τ and accuracy
 on the (possibly noisy) training labels, and, when the posteriors are known
-(``synthetic``), both sides of the H-consistency bound (notes §3.1) on the
+(``synthetic``), both sides of the comp-sum H-consistency bound on the
 test inputs with the exact posteriors p(·|x):
 
   zero-one estimation error   E_x[ΔC_0-1(h, x)] = E_x[max_y p_y − p_{h(x)}]
   surrogate estimation error  E_x[ΔC_τ(h, x)]   = E_x[C_τ(h, x) − C*_τ(x)]
   check                       E_x[ΔC_0-1] ≤ Γ_τ(E_x[ΔC_τ])
 
-with C*_τ the complete-family closed form (notes §4.1). For the family of all
+with C*_τ the complete-family closed form. For the family of all
 measurable functions both minimizability gaps vanish, so this is exactly the
 H-consistency bound R_0-1(h) − R*_0-1 ≤ Γ_τ(R_τ(h) − R*_τ) on the
 distribution (x ~ test sample, y ~ p(·|x)). It is computed in float64 from the
-model's float32 logits by ``compsum_jax.theory.consistency_bound_sides``.
+model's float32 logits by ``compsum_jax.theory.member_bound_sides``
+(all members of a group in one vmapped call).
 
-Outputs in the workdir: ``results.json`` (per τ mean/std over seeds of the
-final test accuracy and surrogate losses, per-member histories, the bound
-check, the config), ``results.md`` (the table), ``accuracy_vs_tau.png``,
-``training_curves.png`` and, with the bound check, ``bound_check.png``.
+This module plans the members, trains them (:func:`training.fit`) and writes
+``results.json`` (per τ mean/std over seeds of the final test accuracy and
+surrogate losses, per-member histories, the bound check, the config). The
+report (``results.md``, ``accuracy_vs_tau.png``, ``training_curves.png`` and,
+with the bound check, ``bound_check.png``) is rendered from results.json by
+``experiments/loss_comparison_report.py``, also on a finished workdir.
+If ``config.companion`` names a preset, :func:`run` then runs it in
+``<workdir>/companion_<name>``.
 ``results.json`` holds no timings or absolute paths, so a resumed run writes
 the same file as an uninterrupted one; timings go to ``timing.json``.
 
@@ -50,8 +55,8 @@ results.json fields:
   dataset: name, num_classes, input_shape, num_train, num_test, label_noise
     {kind, rate} (or null), fraction_train_labels_flipped.
   sweep: mode ('vmap' or 'sequential', as actually run), num_members, taus,
-    num_seeds, seeds, steps_per_epoch, total_steps, num_epochs, std (how the
-    standard deviations are computed).
+    num_seeds, seeds, steps_per_epoch, total_steps, num_epochs, num_devices,
+    mesh, std (how the standard deviations are computed).
   per_tau: one entry per τ: tau, loss (name), num_seeds and {mean, std} over
     seeds (final evaluation) of test_accuracy (clean test labels),
     final_surrogate_loss (ℓ_τ on the training labels), test_surrogate_loss
@@ -69,7 +74,6 @@ results.json fields:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -77,24 +81,17 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from compsum_jax import data as data_lib
 from compsum_jax import theory, training
 from experiments import common
+from experiments import loss_comparison_report as report
 
 SWEEP_MODES = ("vmap", "sequential", "auto")
-# The bound check compares float64 means of O(1) quantities; a violation is a
-# slack below −BOUND_TOLERANCE (rounding of the float64 sums is ~1e-13).
-BOUND_TOLERANCE = 1e-9
-RESULTS_FILE = "results.json"
-TABLE_FILE = "results.md"
+RESULTS_FILE = report.RESULTS_FILE
 TIMING_FILE = "timing.json"
-PLOT_ACCURACY = "accuracy_vs_tau.png"
-PLOT_CURVES = "training_curves.png"
-PLOT_BOUND = "bound_check.png"
 MEMBERS_DIR = "members"
 # Config fields that do not change what is trained or measured, besides
 # common.BOOKKEEPING_FIELDS.
@@ -103,7 +100,8 @@ BOOKKEEPING_FIELDS = ("checkpoint_every_epochs", "companion", "cpu_devices",
 
 
 def tau_name(tau: float) -> str:
-  """Name of ℓ_τ in the comp-sum family (notes §2.2 table)."""
+  """Name of ℓ_τ: 0 sum-exponential, 1 cross-entropy, (1, 2) generalized
+  cross-entropy with q = τ − 1, 2 mean absolute error."""
   if tau == 0.0:
     return "sum-exponential"
   if tau == 1.0:
@@ -129,20 +127,7 @@ def validate_config(config: Any) -> None:
   common.check_data_config(config)
   common.check_model_config(config)
   common.check_optimizer_config(config)
-  taus = common.config_value(config, "taus")
-  if isinstance(taus, (int, float)) and not isinstance(taus, bool):
-    taus = (taus,)
-  if not isinstance(taus, (tuple, list)) or not taus:
-    raise ValueError(f"config.taus must be a non-empty sequence of numbers "
-                     f"τ ≥ 0, got config.taus={taus!r}")
-  for tau in taus:
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (
-        math.isfinite(tau) and tau >= 0):
-      raise ValueError(f"config.taus must hold finite numbers τ ≥ 0, got "
-                       f"config.taus={tuple(taus)!r} (bad value {tau!r})")
-  if len(set(float(t) for t in taus)) != len(taus):
-    raise ValueError(f"config.taus has repeated values: config.taus="
-                     f"{tuple(taus)!r}")
+  common.check_float_sequence(config, "taus", low=0.0, distinct=True)
   common.check_int(config, "num_seeds", low=1)
   common.check_int(config, "seed", low=0)
   common.check_int(config, "num_epochs", low=1)
@@ -151,9 +136,8 @@ def validate_config(config: Any) -> None:
   common.check_int(config, "checkpoint_every_epochs", low=1)
   common.check_int(config, "log_every_steps", low=1)
   common.check_choice(config, "sweep_mode", SWEEP_MODES)
-  for field in ("cpu_devices", "member_shards"):
-    if common.config_value(config, field) is not None:
-      common.check_int(config, field, low=1)
+  common.check_int(config, "cpu_devices", low=1, optional=True)
+  common.check_int(config, "member_shards", low=1, optional=True)
   check = common.config_value(config, "bound_check")
   if check is True and common.dataset_name(config) != "synthetic":
     raise ValueError(f"config.bound_check=True needs known posteriors "
@@ -171,10 +155,7 @@ def validate_config(config: Any) -> None:
 
 def config_taus(config: Any) -> tuple[float, ...]:
   """``config.taus`` as a tuple of floats (a single number becomes a 1-tuple)."""
-  taus = config.taus
-  if isinstance(taus, (int, float)):
-    taus = (taus,)
-  return tuple(float(t) for t in taus)
+  return common.check_float_sequence(config, "taus", low=0.0)
 
 
 # ----------------------------------------------------------------- setup
@@ -189,28 +170,38 @@ class Sweep:
     dataset: the loaded dataset (noisy training labels, clean test labels).
     model: the Flax model.
     members: the τ × seed members, τ-major.
-    steps_per_epoch, total_steps: updates per epoch and in the whole run.
-    optimizer, schedule: the optax optimizer and its learning-rate schedule.
+    plan: the optimizer, its schedule and the step counts
+      (steps_per_epoch, total_steps, warmup_steps).
     augment_fn: on-device augmentation hook, or None.
     objective: ``objective(params, batch_stats, batch, rng)`` for the step.
     posteriors: exact p(·|x) of the test inputs, float64 [N_test, n], when
       the bound check is on; else None.
-
-  The steps' meshes come from :meth:`mesh_for`.
+    steps: compiled steps and meshes, built once per key (members trained
+      one after another share them).
   """
 
   config: Any
   dataset: data_lib.Dataset
   model: nn.Module
   members: list[common.Member]
-  steps_per_epoch: int
-  total_steps: int
-  optimizer: optax.GradientTransformation
-  schedule: optax.Schedule
+  plan: common.OptimizerPlan
   augment_fn: Callable[..., dict] | None
   objective: Callable[..., tuple[jax.Array, dict]]
   posteriors: np.ndarray | None
-  compiled: dict[tuple, Any] = dataclasses.field(default_factory=dict)
+  steps: common.StepCache = dataclasses.field(
+      default_factory=common.StepCache)
+
+  @property
+  def optimizer(self) -> optax.GradientTransformation:
+    return self.plan.optimizer
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.plan.steps_per_epoch
+
+  @property
+  def total_steps(self) -> int:
+    return self.plan.total_steps
 
   @property
   def bound_check(self) -> bool:
@@ -222,26 +213,23 @@ class Sweep:
     ('data',) for one member; for K stacked members also a 'members' axis
     where K and the device count share a divisor (``common.data_mesh``).
     """
-    return self.cached(("mesh", num_members), lambda: common.data_mesh(
+    return self.steps.get(("mesh", num_members), lambda: common.data_mesh(
         self.config, num_members))
 
-  def cached(self, key: tuple, build: Callable[[], Any]) -> Any:
-    """``build()`` once per key: sequential members share compiled steps."""
-    if key not in self.compiled:
-      self.compiled[key] = build()
-    return self.compiled[key]
 
+def build_sweep(config: Any, dataset: data_lib.Dataset | None = None
+                ) -> Sweep:
+  """Validates ``config`` and builds data, model, members and optimizer.
 
-def build_sweep(config: Any) -> Sweep:
-  """Validates ``config`` and builds data, model, members and optimizer."""
+  ``dataset``: the already loaded data of ``config`` (None: load it).
+  """
   validate_config(config)
-  dataset = common.load_data(config)
+  if dataset is None:
+    dataset = common.load_data(config)
   model = common.build_model(config, dataset)
   members = common.member_grid({"tau": config_taus(config)},
                                int(config.num_seeds), int(config.seed))
-  spe = common.steps_per_epoch(config, dataset)
-  total = spe * int(config.num_epochs)
-  optimizer, schedule = common.build_optimizer(config, total)
+  plan = common.build_optimizer(config, dataset.train.num_examples)
   check = config.bound_check
   if check is None:
     check = dataset.posterior_fn is not None
@@ -250,24 +238,14 @@ def build_sweep(config: Any) -> Sweep:
     posteriors = np.asarray(dataset.posterior_fn(
         np.asarray(dataset.test.images, np.float64)), np.float64)
   sweep = Sweep(config=config, dataset=dataset, model=model, members=members,
-                steps_per_epoch=spe, total_steps=total, optimizer=optimizer,
-                schedule=schedule,
-                augment_fn=common.make_augment_fn(config, dataset),
-                objective=common.make_objective(model, "comp_sum"),
+                plan=plan, augment_fn=common.make_augment_fn(config, dataset),
+                objective=common.make_objective(model),
                 posteriors=posteriors)
   # The mesh of the sweep mode's first group, built now so that a bad batch
   # size or member_shards fails before any training.
   sweep.mesh_for(None if config.sweep_mode == "sequential"
                  else len(members))
   return sweep
-
-
-def member_groups(members: Sequence[common.Member], mode: str
-                  ) -> list[list[common.Member]]:
-  """'vmap'/'auto': one group of all members; 'sequential': one per member."""
-  if mode == "sequential":
-    return [[m] for m in members]
-  return [list(members)]
 
 
 def group_dir(workdir: str, group: Sequence[common.Member], stacked: bool
@@ -277,56 +255,6 @@ def group_dir(workdir: str, group: Sequence[common.Member], stacked: bool
   if stacked:
     name += "-vmap"
   return os.path.join(workdir, MEMBERS_DIR, name)
-
-
-# ------------------------------------------------------------- bound check
-
-
-def bound_check_values(logits: np.ndarray, posteriors: np.ndarray,
-                       taus: Sequence[float]) -> dict[str, np.ndarray]:
-  """Both sides of the H-consistency bound for K members (notes §3.1).
-
-  Uses ``compsum_jax.theory.consistency_bound_sides`` in float64 with the
-  complete family (both minimizability gaps 0).
-
-  Args:
-    logits: float [K, N, n], member k's scores on the N evaluation inputs.
-    posteriors: float64 [N, n], exact p(·|x) of those inputs.
-    taus: the K members' τ.
-
-  Returns:
-    float64 arrays [K]: 'zero_one_excess' E_x[ΔC_0-1], 'surrogate_excess'
-    E_x[ΔC_τ], 'bound' Γ_τ(E_x[ΔC_τ]) and 'slack' = bound − zero_one_excess
-    (≥ 0 iff the bound holds).
-  """
-  logits = np.asarray(logits)
-  if logits.ndim != 3 or logits.shape[0] != len(taus) or (
-      logits.shape[1:] != posteriors.shape):
-    raise ValueError(f"logits must have shape [K={len(taus)}, "
-                     f"{posteriors.shape[0]}, {posteriors.shape[1]}], got "
-                     f"{logits.shape}")
-  out = {name: np.zeros(len(taus)) for name in
-         ("zero_one_excess", "surrogate_excess", "bound", "slack")}
-  with jax.enable_x64(True):
-    probs = jnp.asarray(posteriors, jnp.float64)
-    for k, tau in enumerate(taus):
-      sides = theory.consistency_bound_sides(
-          jnp.asarray(logits[k], jnp.float64), probs, float(tau))
-      zero_one = float(sides.zero_one_excess)
-      bound = float(sides.bound)
-      out["zero_one_excess"][k] = zero_one
-      out["surrogate_excess"][k] = float(sides.surrogate_excess)
-      out["bound"][k] = bound
-      out["slack"][k] = bound - zero_one
-  return out
-
-
-def gamma_curve(surrogate_excess: np.ndarray, tau: float,
-                num_classes: int) -> np.ndarray:
-  """Γ_τ(s) on a grid of s (float64), for plots (notes §3.1–3.2)."""
-  with jax.enable_x64(True):
-    return np.asarray(theory.inverse_transform(
-        jnp.asarray(surrogate_excess, jnp.float64), float(tau), num_classes))
 
 
 # ----------------------------------------------------------------- training
@@ -345,10 +273,10 @@ def make_evaluate_fn(sweep: Sweep, group: Sequence[common.Member], *,
   config = sweep.config
   num_members = len(group) if stacked else None
   mesh = sweep.mesh_for(num_members)
-  eval_step = sweep.cached(("eval_step", num_members), lambda: (
+  eval_step = sweep.steps.get(("eval_step", num_members), lambda: (
       training.make_eval_step(training.classification_eval_fn(sweep.model),
                               num_members=num_members, mesh=mesh)))
-  logits_fn = sweep.cached(("logits_fn", stacked), lambda: (
+  logits_fn = sweep.steps.get(("logits_fn", stacked), lambda: (
       common.make_logits_fn(sweep.model, stacked=stacked)))
   batch_size = int(config.eval_batch_size)
   taus = [m.hparams["tau"] for m in group]
@@ -367,8 +295,9 @@ def make_evaluate_fn(sweep: Sweep, group: Sequence[common.Member], *,
                                      batch_size)
       if not stacked:
         logits = logits[None]
-      values = bound_check_values(logits, sweep.posteriors, taus)
-      out.update({k: v if stacked else v[0] for k, v in values.items()})
+      sides = theory.member_bound_sides(logits, sweep.posteriors, taus)
+      out.update({k: v if stacked else v[0]
+                  for k, v in sides._asdict().items()})
     return out
 
   return evaluate_fn
@@ -399,7 +328,7 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
                              sweep.dataset.input_shape, stacked=stacked)
   num_members = len(group) if stacked else None
   mesh = sweep.mesh_for(num_members)
-  train_step = sweep.cached(("train_step", num_members), lambda: (
+  train_step = sweep.steps.get(("train_step", num_members), lambda: (
       training.make_train_step(sweep.objective, sweep.optimizer,
                                augment_fn=sweep.augment_fn,
                                num_members=num_members, mesh=mesh)))
@@ -422,7 +351,7 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
         keep_checkpoints=int(config.keep_checkpoints),
         checkpoint_every_epochs=int(config.checkpoint_every_epochs),
         log_every_steps=int(config.log_every_steps),
-        learning_rate_fn=sweep.schedule, progress=bool(config.progress),
+        learning_rate_fn=sweep.plan.schedule, progress=bool(config.progress),
         tensorboard=bool(config.tensorboard))
   except training.NonFiniteError as error:
     bad = error.members if error.members is not None else [0]
@@ -450,7 +379,10 @@ HISTORY_FIELDS = ("test_accuracy", "test_loss", "test_cross_entropy",
 def member_histories(records: Sequence[Mapping[str, Any]],
                      group: Sequence[common.Member], stacked: bool
                      ) -> list[dict[str, list[float]]]:
-  """Per-member histories {field: [value per evaluation]} from eval records."""
+  """Per-member histories {field: [value per evaluation]} from eval records.
+
+  Values are floats (the 'nan'/'inf' strings of ``to_jsonable`` too).
+  """
   histories = []
   for k in range(len(group)):
     history: dict[str, list[Any]] = {"epoch": [], "step": []}
@@ -460,19 +392,18 @@ def member_histories(records: Sequence[Mapping[str, Any]],
       for name in HISTORY_FIELDS:
         if name in record:
           value = record[name][k] if stacked else record[name]
-          history.setdefault(name, []).append(_as_float(value))
+          history.setdefault(name, []).append(float(value))
     histories.append(history)
   return histories
-
-
-def _as_float(value: Any) -> float:
-  """JSON metric value → float ('nan'/'inf' strings from to_jsonable too)."""
-  return float(value)
 
 
 def run_sweep(sweep: Sweep, workdir: str, log: Callable[[str], None] = print
               ) -> tuple[list[dict[str, list[float]]], str]:
   """Trains every member (resuming where possible); returns histories, mode.
+
+  'vmap'/'auto' train all members as one stacked group ('auto' falls back
+  to one member after another when that runs out of device memory);
+  'sequential' trains one member after another.
 
   Returns:
     (histories in member order, the mode actually used: 'vmap' or
@@ -490,19 +421,18 @@ def run_sweep(sweep: Sweep, workdir: str, log: Callable[[str], None] = print
         raise
       log(f"vmapped sweep of {len(group)} members ran out of memory "
           f"({type(error).__name__}); falling back to sequential members")
-      mode = "sequential"
     else:
       for k, h in enumerate(member_histories(eval_history(gdir), group,
                                              stacked=True)):
         histories[k] = h
       return histories, "vmap"
-  for group in member_groups(sweep.members, "sequential"):
-    gdir = group_dir(workdir, group, stacked=False)
-    log(f"member {group[0].index + 1}/{len(sweep.members)}: "
-        f"tau={group[0].hparams['tau']:g} seed={group[0].seed}")
-    train_group(sweep, group, gdir, stacked=False)
-    (h,) = member_histories(eval_history(gdir), group, stacked=False)
-    histories[group[0].index] = h
+  for member in sweep.members:
+    gdir = group_dir(workdir, [member], stacked=False)
+    log(f"member {member.index + 1}/{len(sweep.members)}: "
+        f"tau={member.hparams['tau']:g} seed={member.seed}")
+    train_group(sweep, [member], gdir, stacked=False)
+    (h,) = member_histories(eval_history(gdir), [member], stacked=False)
+    histories[member.index] = h
   return histories, "sequential"
 
 
@@ -552,6 +482,7 @@ def summarize(sweep: Sweep, histories: Sequence[Mapping[str, list]],
                 "seeds": sorted({m.seed for m in sweep.members}),
                 "steps_per_epoch": sweep.steps_per_epoch,
                 "total_steps": sweep.total_steps,
+                "warmup_steps": sweep.plan.warmup_steps,
                 "num_epochs": int(config.num_epochs),
                 "num_devices": jax.device_count(),
                 "mesh": _mesh_shape(sweep.mesh_for(
@@ -560,55 +491,32 @@ def summarize(sweep: Sweep, histories: Sequence[Mapping[str, list]],
       "per_tau": per_tau,
       "members": members_out,
       "bound_check": _bound_summary(sweep, members_out),
-      "files": {"table": TABLE_FILE, "accuracy_plot": PLOT_ACCURACY,
-                "curves_plot": PLOT_CURVES},
+      "files": {"table": report.TABLE_FILE,
+                "accuracy_plot": report.PLOT_ACCURACY,
+                "curves_plot": report.PLOT_CURVES},
   }
   if sweep.bound_check:
-    results["files"]["bound_plot"] = PLOT_BOUND
+    results["files"]["bound_plot"] = report.PLOT_BOUND
   return results
 
 
 def _bound_summary(sweep: Sweep, members: Sequence[Mapping[str, Any]]
                    ) -> dict[str, Any]:
+  """results.json's bound_check: the counts of theory.bound_check_summary."""
   if not sweep.bound_check:
     return {"applicable": False,
             "reason": f"dataset {sweep.dataset.name!r} has no known "
                       "posteriors p(y|x); use the 'synthetic' preset"}
-  per_tau = []
-  all_slacks = []
-  for tau in config_taus(sweep.config):
-    slacks = [s for m in members if m["tau"] == tau
-              for s in m["history"]["slack"]]
-    finals = [m["final"] for m in members if m["tau"] == tau]
-    all_slacks += slacks
-    per_tau.append({
-        "tau": tau, "num_checks": len(slacks),
-        "num_violations": int(sum(s < -BOUND_TOLERANCE for s in slacks)),
-        "min_slack": float(min(slacks)),
-        "final_zero_one_excess": common.mean_and_std(
-            [f["zero_one_excess"] for f in finals])[0],
-        "final_surrogate_excess": common.mean_and_std(
-            [f["surrogate_excess"] for f in finals])[0],
-        "final_bound": common.mean_and_std([f["bound"] for f in finals])[0]})
-  violations = int(sum(s < -BOUND_TOLERANCE for s in all_slacks))
+  summary = theory.bound_check_summary(
+      [{"tau": m["tau"], "slack": m["history"]["slack"],
+        **{k: m["final"][k] for k in ("zero_one_excess", "surrogate_excess",
+                                      "bound")}} for m in members])
   return {"applicable": True,
           "statement": "E_x[ΔC_0-1(h,x)] <= Γ_τ(E_x[ΔC_τ(h,x)]) at every "
                        "evaluation of every member (complete family, "
                        "minimizability gaps 0; test inputs, exact "
                        "posteriors)",
-          "tolerance": BOUND_TOLERANCE,
-          "num_checks": len(all_slacks), "num_violations": violations,
-          "holds": violations == 0, "min_slack": float(min(all_slacks)),
-          "per_tau": per_tau}
-
-
-def _devices_text(sweep_results: Mapping[str, Any]) -> str:
-  """' on 4 devices (2 member groups × batch split 2)' or '' on one."""
-  count, mesh = sweep_results["num_devices"], sweep_results["mesh"]
-  if count == 1:
-    return ""
-  return (f" on {count} devices ({mesh['members']} member groups × batch "
-          f"split {mesh['data']})")
+          **summary}
 
 
 def _mesh_shape(mesh: jax.sharding.Mesh | None) -> dict[str, int]:
@@ -619,178 +527,25 @@ def _mesh_shape(mesh: jax.sharding.Mesh | None) -> dict[str, int]:
           "data": training.mesh_axis_size(mesh, training.DATA_AXIS)}
 
 
-def results_table(results: Mapping[str, Any]) -> str:
-  """results.md: header facts and the per-τ table (mean ± std over seeds)."""
-  ds, sw = results["dataset"], results["sweep"]
-  config = results["config"]
-  noise = ds["label_noise"] or {"kind": None, "rate": 0.0}
-  lines = [
-      "# Loss comparison: comp-sum losses ℓ_τ side by side", "",
-      f"- dataset: `{ds['name']}` ({ds['num_train']} train / "
-      f"{ds['num_test']} test, {ds['num_classes']} classes); label noise "
-      f"on training labels: {noise['kind']} at rate {noise['rate']:g} "
-      f"({100 * ds['fraction_train_labels_flipped']:.1f}% flipped); test "
-      "labels clean",
-      f"- model: `{config['model']['name']}`; optimizer: "
-      f"`{config['optimizer']['name']}` lr {config['optimizer']['learning_rate']:g}"
-      f" ({config['optimizer']['schedule']}); {sw['num_epochs']} epochs, "
-      f"batch {config['batch_size']}",
-      f"- {sw['num_members']} members = {len(sw['taus'])} τ × "
-      f"{sw['num_seeds']} seeds {sw['seeds']}, trained in '{sw['mode']}' "
-      f"mode{_devices_text(sw)}; mean ± sample std over seeds", ""]
-  header = ["τ", "loss", "test accuracy (%)", "final train ℓ_τ",
-            "test ℓ_τ", "test CE"]
-  check = results["bound_check"]
-  if check["applicable"]:
-    header += ["bound checks", "min slack"]
-  rows = []
-  for i, row in enumerate(results["per_tau"]):
-    cells = [f"{row['tau']:g}", row["loss"],
-             _pm(row["test_accuracy"], 100.0, 2),
-             _pm(row["final_surrogate_loss"], 1.0, 4),
-             _pm(row["test_surrogate_loss"], 1.0, 4),
-             _pm(row["test_cross_entropy"], 1.0, 4)]
-    if check["applicable"]:
-      t = check["per_tau"][i]
-      cells += [f"{t['num_checks'] - t['num_violations']}/{t['num_checks']}"
-                " hold", f"{t['min_slack']:.3g}"]
-    rows.append(cells)
-  text = "\n".join(lines) + "\n" + common.markdown_table(header, rows)
-  text += "\n" + bound_summary_text(results) + "\n"
-  return text
+# ---------------------------------------------------------------------- run
 
 
-def _pm(stat: Mapping[str, float], scale: float, digits: int) -> str:
-  mean, std = stat["mean"] * scale, stat["std"] * scale
-  if not (math.isfinite(mean) and math.isfinite(std)):
-    return f"{mean} ± {std}"
-  return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def bound_summary_text(results: Mapping[str, Any]) -> str:
-  """One paragraph summarising the H-consistency bound check."""
-  check = results["bound_check"]
-  if not check["applicable"]:
-    return f"Bound check: not applicable ({check['reason']})."
-  verdict = ("HOLDS at every checkpoint" if check["holds"] else
-             f"VIOLATED {check['num_violations']} times")
-  lines = [f"Bound check E[ΔC_0-1] ≤ Γ_τ(E[ΔC_τ]): {verdict} "
-           f"({check['num_checks']} checks, min slack "
-           f"{check['min_slack']:.4g})."]
-  for t in check["per_tau"]:
-    lines.append(
-        f"  τ={t['tau']:g}: final E[ΔC_0-1]={t['final_zero_one_excess']:.4f}"
-        f" ≤ Γ_τ(E[ΔC_τ]={t['final_surrogate_excess']:.4f}) = "
-        f"{t['final_bound']:.4f}; {t['num_checks']} checks, min slack "
-        f"{t['min_slack']:.4g}")
-  return "\n".join(lines)
-
-
-# -------------------------------------------------------------------- plots
-
-
-def plot_accuracy(results: Mapping[str, Any], path: str) -> None:
-  """Test accuracy (mean ± std over seeds) against τ."""
-  plt = common.pyplot()
-  rows = results["per_tau"]
-  taus = [r["tau"] for r in rows]
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  ax.errorbar(taus, [100 * r["test_accuracy"]["mean"] for r in rows],
-              yerr=[100 * r["test_accuracy"]["std"] for r in rows],
-              marker="o", capsize=4)
-  ax.set_xlabel("τ (0 sum-exp, 1 CE, (1,2) GCE, 2 MAE)")
-  ax.set_ylabel("clean test accuracy (%)")
-  noise = results["dataset"]["label_noise"] or {"rate": 0.0, "kind": None}
-  ax.set_title(f"{results['dataset']['name']}, noise {noise['kind']} "
-               f"{noise['rate']:g}")
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def plot_curves(results: Mapping[str, Any], path: str) -> None:
-  """Test accuracy and training ℓ_τ against epochs, per τ (mean ± sample std)."""
-  plt = common.pyplot()
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-  for row in results["per_tau"]:
-    tau = row["tau"]
-    hist = [m["history"] for m in results["members"] if m["tau"] == tau]
-    epochs = hist[0]["epoch"]
-    for ax, key, scale in ((axes[0], "test_accuracy", 100.0),
-                           (axes[1], "train_loss", 1.0)):
-      values = scale * np.asarray([h[key] for h in hist], np.float64)
-      mean = values.mean(0)
-      std = values.std(0, ddof=1) if len(values) > 1 else 0.0 * mean
-      ax.plot(epochs, mean, marker=".", label=f"τ={tau:g} ({row['loss']})")
-      ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
-  axes[0].set_ylabel("clean test accuracy (%)")
-  axes[1].set_ylabel("ℓ_τ on the training labels")
-  axes[1].set_yscale("log")
-  for ax in axes:
-    ax.set_xlabel("epoch")
-    ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def plot_bound(results: Mapping[str, Any], path: str) -> None:
-  """Every checkpoint (E[ΔC_τ], E[ΔC_0-1]) against the Γ_τ curve, per τ."""
-  plt = common.pyplot()
-  rows = results["per_tau"]
-  n = results["dataset"]["num_classes"]
-  fig, axes = plt.subplots(1, len(rows), figsize=(3.4 * len(rows), 3.4),
-                           squeeze=False)
-  for ax, row in zip(axes[0], rows, strict=True):
-    tau = row["tau"]
-    hist = [m["history"] for m in results["members"] if m["tau"] == tau]
-    s = np.concatenate([h["surrogate_excess"] for h in hist])
-    z = np.concatenate([h["zero_one_excess"] for h in hist])
-    e = np.concatenate([h["epoch"] for h in hist])
-    grid = np.linspace(0.0, max(float(s.max()) * 1.15, 1e-6), 200)
-    ax.plot(grid, gamma_curve(grid, tau, n), "k-", label="Γ_τ(s)")
-    points = ax.scatter(s, z, c=e, cmap="viridis", s=18,
-                        label="checkpoints")
-    ax.set_title(f"τ={tau:g} ({row['loss']})", fontsize=9)
-    ax.set_xlabel("E[ΔC_τ] (surrogate)")
-    ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel("E[ΔC_0-1] (zero-one)")
-  axes[0][0].legend(fontsize=7)
-  fig.colorbar(points, ax=axes[0].tolist(), label="epoch", shrink=0.8)
-  fig.savefig(path, dpi=120, bbox_inches="tight")
-  plt.close(fig)
-
-
-def write_outputs(results: Mapping[str, Any], workdir: str
-                  ) -> dict[str, str]:
-  """Writes results.json, results.md and the plots; returns their paths."""
-  paths = {name: os.path.join(workdir, rel)
-           for name, rel in results["files"].items()}
-  common.write_json(os.path.join(workdir, RESULTS_FILE), results)
-  common.write_text(paths["table"], results_table(results))
-  plot_accuracy(results, paths["accuracy_plot"])
-  plot_curves(results, paths["curves_plot"])
-  if "bound_plot" in paths:
-    plot_bound(results, paths["bound_plot"])
-  return {"results": os.path.join(workdir, RESULTS_FILE), **paths}
-
-
-def run(config: Any, workdir: str, log: Callable[[str], None] = print
-        ) -> tuple[dict[str, Any], dict[str, str]]:
-  """The whole experiment: build, train (resumable), summarise, write.
+def run_one(config: Any, workdir: str, log: Callable[[str], None] = print,
+            dataset: data_lib.Dataset | None = None
+            ) -> tuple[dict[str, Any], dict[str, str]]:
+  """One sweep: build, train (resumable), write results.json and the report.
 
   Args:
     config: the experiment config (see ``configs/loss_comparison.py``).
     workdir: output directory; re-running with the same workdir resumes.
     log: where progress lines go.
+    dataset: the loaded data of ``config`` (None: load it).
 
   Returns:
     (results dict as written to results.json, {name: path} of the outputs).
   """
   start = time.perf_counter()
-  sweep = build_sweep(config)
+  sweep = build_sweep(config, dataset)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   log(f"loss_comparison: {len(sweep.members)} members (taus "
@@ -800,10 +555,54 @@ def run(config: Any, workdir: str, log: Callable[[str], None] = print
   histories, mode = run_sweep(sweep, workdir, log)
   train_seconds = time.perf_counter() - start
   results = summarize(sweep, histories, mode)
-  paths = write_outputs(results, workdir)
+  common.write_json(os.path.join(workdir, RESULTS_FILE), results)
+  paths = report.write_report(results, workdir)
   common.write_json(os.path.join(workdir, TIMING_FILE),
                     {"wall_seconds_this_process":
                      time.perf_counter() - start,
                      "train_seconds_this_process": train_seconds,
                      "mode": mode, "backend": jax.default_backend()})
+  return results, paths
+
+
+def companion_config(config: Any) -> Any:
+  """The preset ``config.companion`` (no companion of its own), with the
+  main run's bookkeeping switches (progress, tensorboard)."""
+  from configs import loss_comparison as presets  # pylint: disable=g-import-not-at-top
+
+  companion = presets.get_config(config.companion)
+  companion.companion = ""
+  companion.progress = config.progress
+  companion.tensorboard = config.tensorboard
+  return companion
+
+
+def run(config: Any, workdir: str, log: Callable[[str], None] = print
+        ) -> tuple[dict[str, Any], dict[str, str]]:
+  """The experiment: the sweep of ``config`` in ``workdir``, then, if
+  ``config.companion`` names a preset, that sweep in
+  ``<workdir>/companion_<name>`` (the bound check of the digits demo).
+
+  Each sweep loads its data once. The reports go to ``log``.
+
+  Returns:
+    (results, {name: path}) of the main sweep.
+  """
+  validate_config(config)
+  companion = companion_config(config) if config.companion else None
+  if companion is not None:
+    validate_config(companion)  # fail before the main sweep trains
+  results, paths = run_one(config, workdir, log)
+  log(report.console_report(
+      f"loss comparison on {results['dataset']['name']}", paths))
+  if companion is None:
+    log("\nBound-check summary:\n" + report.bound_summary_text(results))
+    return results, paths
+  sub = os.path.join(workdir, f"companion_{config.companion}")
+  log(f"\nCompanion run '{config.companion}' for the bound check in {sub}")
+  results_c, paths_c = run_one(companion, sub, log)
+  log(report.console_report(f"companion: {results_c['dataset']['name']}",
+                            paths_c))
+  log("\nBound-check summary (companion run):\n"
+      + report.bound_summary_text(results_c))
   return results, paths

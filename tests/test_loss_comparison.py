@@ -1,8 +1,9 @@
-"""Tests of the loss-comparison experiment (issue 5).
+"""Tests of the loss-comparison experiment.
 
 Expected values are computed independently of the code under test: a plain
 optax cross-entropy training loop for τ = 1, NumPy float64 closed forms of the
-conditional risks and of Γ_τ (SciPy root finding) for the bound check, direct
+conditional risks and of Γ_τ (SciPy root finding, in
+tests/test_theory_empirical.py) for the bound check, direct
 ``model.apply`` + NumPy argmax for the reported accuracies, and NumPy
 mean/std for the per-τ statistics.
 """
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from scipy import optimize
+from test_theory_empirical import np_gamma
 
 from compsum_jax import data as data_lib
 from compsum_jax import training
@@ -138,8 +139,8 @@ def test_init_states_equal_init_train_state():
   members = common.member_grid({"tau": (0.5, 2.0)}, 2, 3)
   stacked = common.init_states(model, optimizer, members,
                                dataset.input_shape, stacked=True)
-  # init_train_state compiles once per call, so compare one member (the
-  # last: τ = 2, seed 4) and check that the members differ as they should.
+  # Compare one member (the last: τ = 2, seed 4) and check that the members
+  # differ as they should.
   member = members[-1]
   reference = training.init_train_state(
       model, optimizer, rng=member.seed, input_shape=dataset.input_shape,
@@ -153,84 +154,18 @@ def test_init_states_equal_init_train_state():
   np.testing.assert_array_equal(kernels[0], kernels[2])  # same seed, τ differs
   assert not np.array_equal(kernels[0], kernels[1])  # different seeds
   np.testing.assert_array_equal(stacked.hparams["tau"], [0.5, 0.5, 2.0, 2.0])
-
-
-# -------------------------------------------------------------- bound check
-
-
-def _np_transform(t, tau, n):
-  """T_τ(t) of notes §3.1, NumPy float64."""
-  if tau >= 2:
-    return t / ((tau - 1) * n ** (tau - 1))
-  if tau == 1:
-    return sum(0.5 * (1 + s * t) * math.log1p(s * t) if 1 + s * t > 0 else 0.0
-               for s in (1, -1))
-  a = ((((1 + t) ** (1 / (2 - tau)) + (1 - t) ** (1 / (2 - tau))) / 2)
-       ** (2 - tau))
-  if tau < 1:
-    return 2 ** (1 - tau) / (1 - tau) * (1 - a)
-  return (a - 1) / ((tau - 1) * n ** (tau - 1))
-
-
-def _np_gamma(s, tau, n):
-  """Γ_τ(s) = T_τ^{-1}(s), capped at 1, by Brent's method."""
-  if s <= 0:
-    return 0.0
-  if s >= _np_transform(1.0, tau, n):
-    return 1.0
-  return optimize.brentq(lambda t: _np_transform(t, tau, n) - s, 0.0, 1.0,
-                         xtol=1e-15, rtol=1e-14)
-
-
-def _np_bound_sides(logits, probs, tau):
-  """E[ΔC_0-1], E[ΔC_τ] from softmax-form losses and C* closed forms."""
-  z = logits - logits.max(-1, keepdims=True)
-  softmax = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-  if tau == 1:
-    per_label = -np.log(softmax)  # ℓ_1 = −log s_y
-    best = -np.sum(np.where(probs > 0, probs * np.log(probs), 0.0), -1)
-  else:
-    per_label = (1 - softmax ** (tau - 1)) / (tau - 1)  # (1 − s_y^{τ−1})/(τ−1)
-    if tau < 2:
-      best = ((probs ** (1 / (2 - tau))).sum(-1) ** (2 - tau) - 1) / (1 - tau)
-    else:
-      best = (1 - probs.max(-1)) / (tau - 1)
-  surrogate = np.mean((probs * per_label).sum(-1) - best)
-  predicted = logits.argmax(-1)
-  zero_one = np.mean(probs.max(-1) -
-                     probs[np.arange(len(probs)), predicted])
-  return zero_one, surrogate
-
-
-def test_bound_check_values_match_numpy_closed_forms():
-  rs = np.random.RandomState(0)
-  taus = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
-  n, m = 4, 300
-  logits = rs.randn(len(taus), m, n).astype(np.float32) * 2.0
-  probs = rs.dirichlet(np.ones(n) * 0.7, size=m)
-  values = lib.bound_check_values(logits, probs, taus)
-  for k, tau in enumerate(taus):
-    zero_one, surrogate = _np_bound_sides(logits[k].astype(np.float64),
-                                          probs, tau)
-    np.testing.assert_allclose(values["zero_one_excess"][k], zero_one,
-                               rtol=1e-10)
-    np.testing.assert_allclose(values["surrogate_excess"][k], surrogate,
-                               rtol=1e-8)
-    np.testing.assert_allclose(values["bound"][k], _np_gamma(surrogate, tau, n),
-                               rtol=1e-7, atol=1e-12)
-    assert values["slack"][k] == pytest.approx(
-        values["bound"][k] - values["zero_one_excess"][k])
-    assert values["slack"][k] >= 0  # the theorem, on these random h and p
-
-
-def test_bound_check_at_the_bayes_scores_is_tight_at_zero():
-  # h = log p is pointwise optimal for τ = 1: both estimation errors vanish.
-  rs = np.random.RandomState(1)
-  probs = rs.dirichlet(np.ones(3), size=50)
-  logits = np.log(probs)[None].astype(np.float32)
-  values = lib.bound_check_values(logits, probs, (1.0,))
-  assert abs(values["zero_one_excess"][0]) < 1e-12
-  assert values["surrogate_excess"][0] < 1e-6
+  # Further groups and single members reuse the compiled initialiser.
+  init = training.state._init_state  # pylint: disable=protected-access
+  compiled = init._cache_size()  # pylint: disable=protected-access
+  common.init_states(model, optimizer, members[2:], dataset.input_shape,
+                     stacked=True)
+  single = common.init_states(model, optimizer, members[1:2],
+                              dataset.input_shape, stacked=False)
+  assert init._cache_size() == compiled  # pylint: disable=protected-access
+  assert np.shape(single.step) == ()
+  np.testing.assert_array_equal(
+      jax.tree.leaves(single.params)[0],
+      jax.tree.leaves(jax.tree.map(lambda x: x[1], stacked.params))[0])
 
 
 # ------------------------------------------------------- τ = 1 equals optax
@@ -395,7 +330,7 @@ def test_synthetic_bound_holds_at_every_checkpoint(tmp_path):
       assert 0 <= z <= b + 1e-12
       assert s >= 0
       # Γ_τ recomputed independently (SciPy) from the recorded E[ΔC_τ]
-      assert b == pytest.approx(_np_gamma(s, member["tau"], 4), rel=1e-7,
+      assert b == pytest.approx(np_gamma(s, member["tau"], 4), rel=1e-7,
                                 abs=1e-12)
   assert os.path.getsize(paths["bound_plot"]) > 0
 
@@ -475,7 +410,7 @@ def test_cifar10_preset_runs_on_mock_tfds_data(tmp_path):
   config.eval_batch_size = 32
   config.num_epochs = 1
   config.eval_every_epochs = 1
-  config.optimizer.warmup_steps = 0
+  config.optimizer.warmup_epochs = 0
   config.optimizer.learning_rate = 0.05  # random mock labels, 3 steps
   config.progress = False
   config.tensorboard = False
@@ -488,3 +423,125 @@ def test_cifar10_preset_runs_on_mock_tfds_data(tmp_path):
   for m in results["members"]:
     assert 0.0 <= m["final"]["test_accuracy"] <= 1.0
     assert math.isfinite(m["final"]["train_loss"])
+
+
+# ------------------------------------------------- shared experiment pieces
+
+# Training-split sizes of the public datasets (before any validation
+# hold-out), and the warm-up steps the presets hard-coded before they were
+# derived from warmup_epochs: 5·⌊N/1024⌋ (loss comparison) and 10·⌊(N −
+# 1024)/1024⌋ (adversarial, 1024 held out).
+_TRAIN_SIZES = {"mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
+                "svhn_cropped": 73_257, "svhn": 73_257}
+_OLD_WARMUP = {
+    "loss_comparison": {"mnist": 5 * 58, "cifar10": 5 * 48,
+                        "cifar100": 5 * 48, "svhn": 5 * 71},
+    "adversarial_training": {"cifar10": 10 * (48_976 // 1024),
+                             "cifar100": 10 * (48_976 // 1024),
+                             "svhn": 10 * (72_233 // 1024)},
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(_OLD_WARMUP))
+def test_resolved_warmup_steps_equal_the_former_hard_coded_values(experiment):
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  module = importlib.import_module(f"configs.{experiment}")
+  for name in module.PRESETS:
+    config = module.get_config(name)
+    num_train = _TRAIN_SIZES.get(config.dataset, 1000)
+    num_train -= config.validation_size
+    spe = common.steps_per_epoch(config, num_train)
+    settings = common.optimizer_settings(config, spe)
+    assert settings["warmup_steps"] == _OLD_WARMUP[experiment].get(name, 0), (
+        experiment, name)
+    assert "warmup_epochs" not in settings
+    training.make_optimizer(settings, config.num_epochs * spe)  # known fields
+
+
+def test_warmup_follows_the_batch_size():
+  config = presets.get_config("cifar10")
+  config.batch_size = 512
+  settings = common.optimizer_settings(
+      config, common.steps_per_epoch(config, 50_000))
+  assert settings["warmup_steps"] == 5 * (50_000 // 512)
+
+
+def test_optimizer_settings_reject_warmup_steps_and_bad_epochs():
+  config = presets.get_config("smoke")
+  config.optimizer.warmup_epochs = -1
+  with pytest.raises(ValueError, match=r"config\.optimizer\.warmup_epochs"):
+    lib.validate_config(config)
+  config = presets.get_config("smoke")
+  with config.optimizer.ignore_type():
+    config.optimizer.warmup_steps = 10
+  with pytest.raises(ValueError, match=r"warmup_steps"):
+    common.optimizer_settings(config, 5)
+
+
+def test_build_optimizer_step_counts():
+  config = presets.get_config("smoke")
+  config.optimizer.warmup_epochs = 1
+  plan = common.build_optimizer(config, 1000)
+  assert plan.steps_per_epoch == 1000 // config.batch_size
+  assert plan.total_steps == plan.steps_per_epoch * config.num_epochs
+  assert plan.warmup_steps == plan.steps_per_epoch
+  assert float(plan.schedule(0)) == 0.0  # the warm-up starts at 0
+  with pytest.raises(ValueError, match=r"config\.batch_size"):
+    common.build_optimizer(config, config.batch_size - 1)
+
+
+def test_step_cache_builds_once_per_key():
+  cache = common.StepCache()
+  built = []
+  assert cache.get("a", lambda: built.append("a") or 1) == 1
+  assert cache.get("a", lambda: built.append("again") or 2) == 1
+  assert cache.get(("b", 3), lambda: built.append("b") or 3) == 3
+  assert built == ["a", "b"] and len(cache) == 2
+  assert len(common.StepCache()) == 0  # no state shared between caches
+
+
+def test_config_checks_name_the_field():
+  config = {"n": 3, "m": None, "x": 2.5, "taus": [0, 1.5], "bad": [1, True]}
+  assert common.check_int(config, "n", low=1) == 3
+  assert common.check_int(config, "m", optional=True) is None
+  with pytest.raises(ValueError, match=r"config\.m must be an integer"):
+    common.check_int(config, "m")
+  with pytest.raises(ValueError, match=r"config\.n .*<= 2"):
+    common.check_int(config, "n", high=2)
+  assert common.check_float(config, "x", low=0.0) == 2.5
+  assert common.check_float_sequence(config, "taus", low=0.0) == (0.0, 1.5)
+  assert common.check_float_sequence(config, "x") == (2.5,)
+  with pytest.raises(ValueError, match=r"config\.bad.*bad value True"):
+    common.check_float_sequence(config, "bad")
+  with pytest.raises(ValueError, match=r"config\.missing is missing"):
+    common.check_int(config, "missing")
+
+
+def test_mean_and_std_is_the_sample_std():
+  values = [0.9, 0.95, 0.97]
+  mean, std = common.mean_and_std(values)
+  assert mean == pytest.approx(sum(values) / 3)
+  assert std == pytest.approx(math.sqrt(
+      sum((v - mean) ** 2 for v in values) / 2))
+  assert common.mean_and_std([0.5]) == (0.5, 0.0)
+
+
+def test_report_rerenders_a_finished_workdir(smoke_run, tmp_path):
+  _, original, results, _ = smoke_run
+  workdir = tmp_path / "copy"
+  shutil.copytree(original, workdir)
+  for name in ("results.md", "accuracy_vs_tau.png", "training_curves.png"):
+    (workdir / name).unlink()
+  from experiments import loss_comparison_report as report  # pylint: disable=g-import-not-at-top
+
+  (paths,) = report.rerender(str(workdir))
+  table = (workdir / "results.md").read_text(encoding="utf-8")
+  assert table == (pathlib.Path(original) / "results.md").read_text(
+      encoding="utf-8")
+  assert f"mean ± sample std over n = {results['sweep']['num_seeds']} " \
+         "seeds" in table
+  for name in ("accuracy_plot", "curves_plot"):
+    assert os.path.getsize(paths[name]) > 0
+  with pytest.raises(FileNotFoundError, match="results.json"):
+    report.rerender(str(tmp_path / "nothing"))

@@ -15,6 +15,8 @@ Analysis and Applications", ICML 2023 (arXiv 2304.07288).
   :func:`projected_gradient_solve` for any family with ``project_scores``.
 * Gaps: :func:`pointwise_best_risk`, :func:`minimizability_gap`,
   :func:`deterministic_minimizability_gap`, :func:`consistency_bound_sides`.
+* Trained members: :func:`member_bound_sides` (vmapped over K members),
+  :func:`bound_check_summary`, :func:`gamma_curve`.
 * Checks: :func:`bound_slack`, :func:`verify_bound`,
   :func:`adversarial_slack_search`, :func:`tightness_curve`.
 """
@@ -43,6 +45,12 @@ from compsum_jax.theory.conditional import (
     conditional_risk,
     zero_one_best_conditional_risk,
     zero_one_conditional_regret,
+)
+from compsum_jax.theory.empirical import (
+    MemberBoundSides,
+    bound_check_summary,
+    gamma_curve,
+    member_bound_sides,
 )
 from compsum_jax.theory.families import (
     BoxSolution,
@@ -78,12 +86,14 @@ __all__ = [
     "FamilySolution",
     "HypothesisFamily",
     "L2BallFamily",
+    "MemberBoundSides",
     "ScoreBoundedFamily",
     "Verification",
     "adversarial_constant",
     "adversarial_slack_search",
     "adversarial_zero_one_bound",
     "best_conditional_risk",
+    "bound_check_summary",
     "bound_slack",
     "complete_best_conditional_risk",
     "conditional_regret",
@@ -92,7 +102,9 @@ __all__ = [
     "constrained_probs",
     "deterministic_best_conditional_risk",
     "deterministic_minimizability_gap",
+    "gamma_curve",
     "inverse_transform",
+    "member_bound_sides",
     "min_surrogate_regret_given_prediction",
     "minimizability_gap",
     "pointwise_best_risk",

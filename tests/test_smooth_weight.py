@@ -207,3 +207,24 @@ def test_bad_input_raises_clear_errors():
   with pytest.raises(ValueError, match="rho"):
     smooth_weight.logit_scale_objective(z, y, np.ones(len(y)), [0.0],
                                         tau=1.0, nu=1.0, rho=0.0)
+
+
+def _apply_linear(variables, x):
+  return x @ variables["w"].T + variables["b"]
+
+
+def test_variables_form_reuses_the_compiled_program_and_is_exact():
+  cache = smooth_weight._cached_pgd_chunk_fn
+  for seed in (5, 6):  # two "evaluations" with new parameters, same shapes
+    w, b, x, y = _linear_problem(2, rank_one=False, seed=seed)
+    hits = cache.cache_info().hits
+    result = smooth_weight.smooth_term_weight_threshold(
+        _apply_linear, np.float32(x), y, jax.random.key(seed), tau=1.0,
+        eps=EPS, num_steps=10,
+        variables={"w": np.float32(w), "b": np.float32(b)})
+    sup_v = EPS * np.abs(w[1 - y] - w[y]).sum(axis=-1)
+    np.testing.assert_allclose(result.sup_smooth_term, sup_v, rtol=1e-4)
+    np.testing.assert_allclose(
+        result.nu_threshold, _closed_form_gap(w, b, x, y) / sup_v.mean(),
+        rtol=1e-4)
+  assert cache.cache_info().hits == hits + 1  # the second call reused it

@@ -35,8 +35,10 @@ configured ν above the estimate is certainly past it (up to sampling error).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +48,8 @@ from compsum_jax import attacks, losses, validation
 from compsum_jax.losses import adversarial as adversarial_losses
 
 LogitsFn = Callable[[jax.Array], jax.Array]
+PyTree = Any
+AppliedLogitsFn = Callable[[PyTree, jax.Array], jax.Array]
 
 NORMS = ("linf", "l2")
 
@@ -199,11 +203,41 @@ def _threshold_value(n: int, tau: float, mean_gap: float,
   return math.inf if numerator > 0.0 else 0.0
 
 
+def _ignore_variables(logits_fn: LogitsFn) -> AppliedLogitsFn:
+  return lambda variables, x: logits_fn(x)
+
+
+def _pgd_chunk_fn(apply_fn: AppliedLogitsFn, eps: float, norm: str,
+                  step_size: float, num_steps: int, num_restarts: int
+                  ) -> Callable[..., tuple[jax.Array, jax.Array]]:
+  """Jitted (variables, x, y, key) → (z, ‖v‖₂ at PGD's x') for one chunk."""
+
+  @jax.jit
+  def chunk(variables, x, y, key):
+    logits_fn = functools.partial(apply_fn, variables)
+    x_adv = attacks.pgd(logits_fn, x, y, key, eps=eps, step_size=step_size,
+                        num_steps=num_steps, norm=norm,
+                        loss="smooth_comp_sum", random_start="uniform",
+                        num_restarts=num_restarts, select="loss")
+    z = logits_fn(x)
+    # ‖v‖₂, v = d − d_y·1, d = h(x') − h(x)
+    term = adversarial_losses.smooth_adversarial_term(logits_fn(x_adv), z, y)
+    return z, term
+
+  return chunk
+
+
+# Compiled once per (apply function, attack settings): repeated calls with new
+# variables (every evaluation of a training run) reuse the program.
+_cached_pgd_chunk_fn = functools.lru_cache(maxsize=16)(_pgd_chunk_fn)
+
+
 def sup_smooth_term(logits_fn: LogitsFn, images: jax.Array,
                     labels: jax.Array, key: jax.Array, *, eps: float,
                     norm: str = "linf", step_size: float | None = None,
                     num_steps: int = 10, num_restarts: int = 1,
-                    batch_size: int | None = None
+                    batch_size: int | None = None,
+                    variables: PyTree | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
   """Clean logits and PGD's sup_{x' ∈ B(x, ε) ∩ [0,1]^d} ‖v(x, x')‖₂ per example.
 
@@ -215,7 +249,8 @@ def sup_smooth_term(logits_fn: LogitsFn, images: jax.Array,
 
   Args:
     logits_fn: x [B, ...] → logits [B, n], examples independent (a model in
-      evaluation mode with its parameters closed over).
+      evaluation mode with its parameters closed over); or, with
+      ``variables``, ``logits_fn(variables, x)``.
     images: x in [0, 1], [B, ...].
     labels: y, integer [B].
     key: PRNG key of the random starts.
@@ -225,6 +260,10 @@ def sup_smooth_term(logits_fn: LogitsFn, images: jax.Array,
     num_steps: PGD steps per restart, ≥ 1.
     num_restarts: independent PGD runs, ≥ 1 (the best is kept).
     batch_size: examples per PGD call (None: all at once).
+    variables: a pytree passed as ``logits_fn(variables, x)`` (e.g. the
+      parameters and batch statistics); the compiled PGD program is then
+      cached per ``logits_fn`` and reused for new variables of the same
+      shapes (no recompilation at every evaluation of a training run).
 
   Returns:
     (logits z float64 [B, n], sup ‖v‖₂ float64 [B]).
@@ -264,21 +303,17 @@ def sup_smooth_term(logits_fn: LogitsFn, images: jax.Array,
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
 
-  @jax.jit
-  def chunk(x, y, chunk_key):
-    x_adv = attacks.pgd(logits_fn, x, y, chunk_key, eps=eps,
-                        step_size=step_size, num_steps=num_steps, norm=norm,
-                        loss="smooth_comp_sum", random_start="uniform",
-                        num_restarts=num_restarts, select="loss")
-    z = logits_fn(x)
-    # ‖v‖₂, v = d − d_y·1, d = h(x') − h(x)
-    term = adversarial_losses.smooth_adversarial_term(logits_fn(x_adv), z, y)
-    return z, term
+  if variables is None:
+    chunk = _pgd_chunk_fn(_ignore_variables(logits_fn), float(eps), norm,
+                          float(step_size), num_steps, num_restarts)
+  else:
+    chunk = _cached_pgd_chunk_fn(logits_fn, float(eps), norm,
+                                 float(step_size), num_steps, num_restarts)
 
   all_logits, all_terms = [], []
   for i, start in enumerate(range(0, num_examples, batch_size)):
     stop = min(start + batch_size, num_examples)
-    z, term = chunk(images[start:stop], labels[start:stop],
+    z, term = chunk(variables, images[start:stop], labels[start:stop],
                     jax.random.fold_in(key, i))
     all_logits.append(np.asarray(z, np.float64))
     all_terms.append(np.asarray(term, np.float64))
@@ -289,8 +324,8 @@ def smooth_term_weight_threshold(
     logits_fn: LogitsFn, images: jax.Array, labels: jax.Array,
     key: jax.Array, *, tau: float, eps: float, norm: str = "linf",
     step_size: float | None = None, num_steps: int = 10,
-    num_restarts: int = 1, batch_size: int | None = None
-) -> SmoothWeightThreshold:
+    num_restarts: int = 1, batch_size: int | None = None,
+    variables: PyTree | None = None) -> SmoothWeightThreshold:
   """Estimates ν*(h) = n^{1−τ}·E[z_y − mean z] / E[sup_{x'} ‖v(x, x')‖₂].
 
   Above ν*(h) the ADV-COMP-SUM objective of s·h has a nonnegative slope at
@@ -312,6 +347,8 @@ def smooth_term_weight_threshold(
     num_steps: PGD steps (≥ 1; the training attack's or more).
     num_restarts: PGD restarts (≥ 1).
     batch_size: examples per PGD call (None: all at once).
+    variables: optional pytree, then ``logits_fn(variables, x)`` and the
+      compiled program is reused across calls (:func:`sup_smooth_term`).
 
   Returns:
     A :class:`SmoothWeightThreshold` (also gives the slope at s = 0 and the
@@ -324,7 +361,7 @@ def smooth_term_weight_threshold(
   logits, sup_term = sup_smooth_term(
       logits_fn, images, labels, key, eps=eps, norm=norm,
       step_size=step_size, num_steps=num_steps, num_restarts=num_restarts,
-      batch_size=batch_size)
+      batch_size=batch_size, variables=variables)
   labels_np = np.asarray(labels)
   # z_y − mean z, in float64
   gap = (np.take_along_axis(logits, labels_np[:, None], axis=-1)[:, 0]

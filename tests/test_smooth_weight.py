@@ -197,6 +197,8 @@ def test_bad_input_raises_clear_errors():
     estimate(fn, x + 1.0, y, key, tau=1.0, eps=EPS)
   with pytest.raises(ValueError, match="labels"):
     estimate(fn, x, y[:-1], key, tau=1.0, eps=EPS)
+  with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+    estimate(fn, x, y + 3, key, tau=1.0, eps=EPS)
   z = x @ w.T
   with pytest.raises(ValueError, match="scales"):
     smooth_weight.logit_scale_objective(z, y, np.ones(len(y)), [0.0, -1.0],

@@ -269,8 +269,8 @@ def sup_smooth_term(logits_fn: LogitsFn, images: jax.Array,
     (logits z float64 [B, n], sup ‖v‖₂ float64 [B]).
 
   Raises:
-    ValueError: ε ≤ 0, bad norm, step size, step or restart counts, batch
-      size, or images/labels (from the attack's checks).
+    ValueError: ε ≤ 0, bad norm, step size, step or restart counts or batch
+      size, images outside [0, 1], labels not integer [B] or not in [0, n).
   """
   validation.check_nonnegative(eps, "eps", allow_zero=False)
   if step_size is None:
@@ -317,7 +317,10 @@ def sup_smooth_term(logits_fn: LogitsFn, images: jax.Array,
                     jax.random.fold_in(key, i))
     all_logits.append(np.asarray(z, np.float64))
     all_terms.append(np.asarray(term, np.float64))
-  return np.concatenate(all_logits), np.concatenate(all_terms)
+  logits = np.concatenate(all_logits)
+  # Label values against n (inside jit the attack cannot check them).
+  validation.check_labels(np.asarray(labels), logits.shape)
+  return logits, np.concatenate(all_terms)
 
 
 def smooth_term_weight_threshold(

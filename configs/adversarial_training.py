@@ -154,8 +154,9 @@ def _digits(c: ml_collections.ConfigDict) -> None:
   c.dataset = "digits"
   c.validation_size = 256
   c.eps = 0.1
-  # ν ≥ 0.4 collapsed to a constant classifier within this budget on digits
-  # (benchmarks/results/adversarial.md); 0.1 trained well.
+  # On digits ν = 0.4 degraded training (48.6 % clean) and ν ≥ 1 collapsed to
+  # a constant classifier within this budget (benchmarks/results/
+  # adversarial.md; ν*(h), docs/math.md (10.7)); 0.1 trained well.
   c.adv_comp_sum.nu = 0.1
   c.model.kwargs = ml_collections.ConfigDict({
       "features": (32, 64), "strides": (1, 2), "hidden_size": 64,

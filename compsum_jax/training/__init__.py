@@ -1,9 +1,11 @@
 """Training core: TrainState, optimizer, THE train step, evaluation, loop.
 
 Every experiment trains through :func:`make_train_step` with its own
-objective; see ``step.py`` for the data-parallel and vmapped-member design.
+objective (adversarial methods: the registry of ``adversarial.py``); see
+``step.py`` for the data-parallel and vmapped-member design.
 """
 
+from compsum_jax.training import adversarial
 from compsum_jax.training.checkpoint import CheckpointStore
 from compsum_jax.training.loop import FitResult, NonFiniteError, fit
 from compsum_jax.training.metrics import (
@@ -50,6 +52,7 @@ __all__ = [
     "MetricsWriter",
     "NonFiniteError",
     "TrainState",
+    "adversarial",
     "apply_model",
     "classification_eval_fn",
     "classification_objective",

@@ -580,3 +580,28 @@ def pyplot():
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   return plt
+
+
+# -------------------------------------------------------------- step cache
+
+
+class StepCache:
+  """Compiled steps of one experiment, built once per key.
+
+  ``cache.get(key, build)`` calls ``build()`` the first time a (hashable)
+  key is asked for and returns the stored value after; ``len(cache)`` is the
+  number of values built. Runs whose programs are the same (e.g. differing
+  only in seed or in traced hparams) share one key and one compilation.
+  """
+
+  def __init__(self) -> None:
+    self._values: dict[Any, Any] = {}
+
+  def get(self, key: Any, build: Callable[[], Any]) -> Any:
+    """The value of ``key``, from ``build()`` on the first request."""
+    if key not in self._values:
+      self._values[key] = build()
+    return self._values[key]
+
+  def __len__(self) -> int:
+    return len(self._values)

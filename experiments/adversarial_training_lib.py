@@ -63,7 +63,7 @@ def _section(config: Any, method: str) -> dict[str, Any]:
 
 
 def _check_attack_spec(spec: Any, name: str) -> None:
-  spec = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
+  spec = _as_dict(spec)
   if "preset" not in spec or spec["preset"] not in attacks.PRESETS:
     raise ValueError(f"config attack {name!r} needs 'preset' naming one of "
                      f"{sorted(attacks.PRESETS)}, got {spec!r}")
@@ -222,6 +222,7 @@ class Experiment:
 
   @property
   def ema_decay(self) -> float:
+    """Decay of the parameters' EMA (0: no EMA)."""
     return float(self.config.ema_decay)
 
   @property
@@ -408,14 +409,7 @@ def run(config: Any, workdir: str, log: Callable[[str], None] | None = None
     record per run, see :func:`train_and_evaluate`) and 'summary' (mean and
     sample std over seeds per (method, τ)).
   """
-  return run_experiment(Experiment.create(config), workdir, log)
-
-
-def run_experiment(experiment: Experiment, workdir: str,
-                   log: Callable[[str], None] | None = None
-                   ) -> dict[str, Any]:
-  """:func:`run` with the shared pieces already built (e.g. by a test)."""
-  config = experiment.config
+  experiment = Experiment.create(config)
   os.makedirs(workdir, exist_ok=True)
   columns = report.test_columns(common.to_jsonable(config))
   planned = runs_of(config)

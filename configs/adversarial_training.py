@@ -2,7 +2,7 @@
 
 ADV-COMP-SUM (notes §5.4) against TRADES and PGD-AT (and plain training as a
 reference), each trained through the one train step with its own objective
-(``experiments/adversarial_training_lib.py``), early-stopped on the robust
+(``compsum_jax/training/adversarial.py``), early-stopped on the robust
 accuracy of a held-out validation split under PGD-40 on the margin (notes
 §6.1), and evaluated on test by PGD-20, PGD-40 margin and the cascade
 APGD-CE → APGD-T → Square. Presets (``get_config(arg)``):

@@ -65,14 +65,18 @@ def test_configs_hold_primitives_only():
           f"{path.relative_to(ROOT)} imports {name}")
 
 
-# Modules outside experiments/ that exercise the experiment binaries
-# themselves (their end-to-end tests and the experiment benchmark) and so may
-# import `experiments`; everything else uses the library.
+# Modules outside experiments/ that exercise the experiment layer itself
+# (the binaries' end-to-end tests, tests of its command-line helpers, the
+# benchmarks that run an experiment or reopen its workdir) and so may import
+# `experiments`; everything else uses the library.
 EXPERIMENT_CLIENTS = {
     "benchmarks/loss_comparison.py",
+    "benchmarks/smooth_weight_threshold.py",
     "tests/experiments_mesh_script.py",
     "tests/test_adversarial_experiment.py",
+    "tests/test_cli.py",
     "tests/test_loss_comparison.py",
+    "tests/test_training_distributed.py",
 }
 
 

@@ -33,6 +33,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory (resumes if it holds a run).",
     required=True)
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Only plan the run (compile the steps on abstract "
+    "shapes, no data): writes plan.json / plan.md to --workdir.")
 
 
 def _report(title: str, results: dict, paths: dict) -> None:
@@ -52,6 +55,12 @@ def main(argv: list[str]) -> None:
   lib.validate_config(config)  # fail fast, before any data is loaded
   common.configure_cpu_devices(config)  # before JAX starts its backends
   workdir = _WORKDIR.value
+  if _DRY_RUN.value:
+    from experiments import planning  # pylint: disable=g-import-not-at-top
+
+    print(planning.plan_markdown(planning.plan(config, workdir,
+                                               "loss_comparison")))
+    return
   if config.companion:
     presets.get_config(config.companion)  # validated by validate_config too
   results, paths = lib.run(config, workdir)

@@ -132,3 +132,33 @@ def test_dry_run_flag_plans_and_does_not_train(tmp_path):
   assert "# Plan (PREDICTION" in proc.stdout
   assert sorted(os.listdir(workdir)) == [exp_planning.PLAN_JSON,
                                          exp_planning.PLAN_MD]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module,preset,passes", [
+    ("adversarial_training", "cifar10", 27),  # TRADES-style: 1 + 2·10 + 6
+    ("loss_comparison", "cifar100", 3),
+])
+def test_paper_scale_dry_run_without_data(tmp_path, module, preset, passes):
+  # The done-when commands: WRN-28-10 compiled on the host, no
+  # dataset (TFDS_DATA_DIR points at an empty directory).
+  workdir = tmp_path / "w"
+  proc = subprocess.run(
+      [sys.executable, "-m", f"experiments.{module}",
+       f"--config=configs/{module}.py:{preset}", "--dry_run",
+       f"--workdir={workdir}"],
+      cwd=REPO, capture_output=True, text=True, timeout=3000, check=False,
+      env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+               TFDS_DATA_DIR=str(tmp_path / "no_data")))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((workdir / exp_planning.PLAN_JSON).read_text())
+  forward = result["model"]["forward_flops_per_example"]
+  assert abs(forward / (2 * 5.2e9) - 1) < 0.10  # WRN-28-10, see test_planning
+  batch = result["schedule"]["batch_size"]
+  top = max(result["methods"], key=lambda m: m["passes_per_example"])
+  assert top["passes_per_example"] == passes
+  # The jaxpr count of the real step agrees with the pass model within 5 %.
+  assert abs(top["analytical_flops_per_step"] / (passes * forward * batch)
+             - 1) < 0.05
+  assert any(p.get("peak_bytes", 0) > 2**30 for p in result["programs"])
+  assert (workdir / exp_planning.PLAN_MD).exists()

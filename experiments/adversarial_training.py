@@ -25,6 +25,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "configs/adversarial_training.py:digits.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
 flags.mark_flags_as_required(["config", "workdir"])
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Only plan the run (compile the steps on abstract "
+    "shapes, no data): writes plan.json / plan.md to --workdir.")
 
 
 def main(argv: list[str]) -> None:
@@ -32,6 +35,13 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Orbax logs every checkpoint operation at INFO; keep the console readable.
   logging.set_verbosity(logging.WARNING)
+  if _DRY_RUN.value:
+    from experiments import planning  # pylint: disable=g-import-not-at-top
+
+    result = planning.plan(_CONFIG.value, _WORKDIR.value,
+                           "adversarial_training")
+    print(planning.plan_markdown(result))
+    return
   results = lib.run(_CONFIG.value, _WORKDIR.value,
                     log=lambda line: print(line, flush=True))
   print(f"wrote {_WORKDIR.value}/{report.RESULTS_MD}")

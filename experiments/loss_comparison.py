@@ -33,6 +33,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory (resumes if it holds a run).",
     required=True)
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Only plan the run (compile the steps on abstract "
+    "shapes, no data): writes plan.json / plan.md to --workdir.")
 
 
 def main(argv: list[str]) -> None:
@@ -42,6 +45,12 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   lib.validate_config(config)  # fail fast, before any data is loaded
   common.configure_cpu_devices(config)  # before JAX starts its backends
+  if _DRY_RUN.value:
+    from experiments import planning  # pylint: disable=g-import-not-at-top
+
+    print(planning.plan_markdown(planning.plan(config, _WORKDIR.value,
+                                               "loss_comparison")))
+    return
   lib.run(config, _WORKDIR.value)
   sys.stdout.flush()
 

@@ -387,6 +387,8 @@ def evaluate_test(experiment: Experiment, state: training.TrainState,
         {"name": s.name, "attacked": s.num_attacked, "broken": s.num_broken,
          "robust_accuracy_after": s.robust_accuracy_after}
         for s in cascade.stages]
+    # The exact attacks behind robust_cascade (stated in results.md).
+    record["cascade_attack_configuration"] = cascade.attack_configuration
   record["test_eval_seconds"] = time.perf_counter() - start
   return record
 

@@ -177,7 +177,9 @@ def tau_search(config, dtype) -> dict[str, Any]:
                         search.tau_max))
   final_value = float(value_and_grad(jnp.asarray(tau, dtype))[0])
   grid = np.linspace(search.tau_min, search.tau_max, search.grid_size)
-  grid_values = np.asarray(jax.jit(jax.vmap(bound))(jnp.asarray(grid, dtype)))
+  # The same compiled function on every grid point (one compilation in all).
+  grid_values = np.array([float(value_and_grad(jnp.asarray(t, dtype))[0])
+                          for t in grid])
   best = int(np.argmin(grid_values))
   return {
       "num_classes": n, "estimation_error": search.estimation_error,

@@ -41,5 +41,13 @@ def test_smoke_preset_runs_end_to_end(tmp_path):
   assert np.all(np.diff(gap, axis=0) <= 1e-12)
   summary = (workdir / "summary.md").read_text()
   for heading in ["(a) Γ_τ(s)", "(b) Verification", "(c) Tightness",
-                  "(d) Deterministic minimizability gaps"]:
+                  "(d) Deterministic minimizability gaps", "(e) Choosing τ"]:
     assert heading in summary
+  # (e) gradient descent on τ lands on the grid's minimiser (within one grid
+  # step) and is at least as low as the grid's best value.
+  search = results["tau_search"]
+  assert abs(search["descent_tau"] - search["grid_tau"]) <= search[
+      "grid_spacing"]
+  assert search["descent_bound"] <= search["grid_bound"] + 1e-9
+  assert 0.0 <= search["descent_bound"] < min(search["grid_values"][0],
+                                              search["grid_values"][-1])

@@ -10,12 +10,13 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_smoke_preset_runs_end_to_end(tmp_path):
+def test_smoke_preset_runs_end_to_end(tmp_path, light_compile_env):
   workdir = tmp_path / "bounds"
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.bounds",
        "--config=configs/bounds.py:smoke", f"--workdir={workdir}"],
-      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+      env=light_compile_env(os.environ))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Minimum slack over all checks" in proc.stdout
   for name in ["results.json", "summary.md", "gamma.png", "tightness.png",

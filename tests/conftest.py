@@ -32,8 +32,7 @@ if _CACHE != "off":
 # floating point only under fast-math (off by default on XLA:CPU), so the
 # affected tests keep their tolerances. Never for tests whose run time
 # dominates. COMPSUM_JAX_TEST_LIGHT_COMPILE=off disables it.
-LIGHT_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0",
-                           "--xla_llvm_disable_expensive_passes=true")
+LIGHT_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0",)
 
 
 def with_light_compilation(env: Mapping[str, str]) -> dict[str, str]:

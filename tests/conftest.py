@@ -26,8 +26,7 @@ if _CACHE != "off":
   os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
 
 # Lighter XLA:CPU compilation for the processes that end-to-end smoke tests
-# start (a few steps each, so compiling dominates): LLVM at -O0 without its
-# expensive passes. A CNN step then compiles in about half the CPU time and
+# start (a few steps each, so compiling dominates): LLVM at -O0. A CNN step then compiles in about half the CPU time and
 # runs about 2-3x slower. The HLO passes are unchanged and LLVM reassociates
 # floating point only under fast-math (off by default on XLA:CPU), so the
 # affected tests keep their tolerances. Never for tests whose run time

@@ -42,6 +42,9 @@ _WORKDIR = flags.DEFINE_string(
 _RETRY_DIVERGED = flags.DEFINE_bool(
     "retry_diverged", False, "Train again members that diverged (NaN/Inf) "
     "on an earlier start; without it such a workdir is refused.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Only plan the run (compile the steps on abstract "
+    "shapes, no data): writes plan.json / plan.md to --workdir.")
 
 
 def main(argv: list[str]) -> None:
@@ -52,6 +55,12 @@ def main(argv: list[str]) -> None:
   with cli.config_errors():
     lib.validate_config(config)  # fail fast, before any data is loaded
   common.configure_cpu_devices(config)  # before JAX starts its backends
+  if _DRY_RUN.value:
+    from experiments import planning  # pylint: disable=g-import-not-at-top
+
+    print(planning.plan_markdown(planning.plan(config, _WORKDIR.value,
+                                               "loss_comparison")))
+    return
   with run_outcome.fatal_errors():
     lib.run(config, _WORKDIR.value, retry_diverged=_RETRY_DIVERGED.value)
   sys.stdout.flush()

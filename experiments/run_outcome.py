@@ -25,12 +25,19 @@ from compsum_jax import training
 from compsum_jax.training import workdir as workdir_lib
 
 FAILURE_EXIT_CODE = 1
+CONFIG_MISMATCH_EXIT_CODE = 2  # a usage error: the flags must change
 DIVERGED_FILE = "diverged.json"
 RETRY_FLAG = "--retry_diverged"
+NEW_RUN_DIR_FLAG = "--new_run_dir"
 
 
 class DivergedBeforeError(RuntimeError):
   """A run diverged on an earlier start and no retry was asked for."""
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir holds runs made with a different config (the message names
+  the differing fields)."""
 
 
 def exit_with_failure(message: str, code: int = FAILURE_EXIT_CODE
@@ -49,7 +56,8 @@ def fatal_errors() -> Iterator[None]:
   (:class:`training.StorageError`), a diverged run
   (:class:`training.NonFiniteError`, :class:`DivergedBeforeError`) and a run
   that is not finished (:class:`training.RunNotFinishedError`) are reported
-  without traceback; other errors keep theirs.
+  without traceback; other errors keep theirs. A workdir holding another
+  config's runs (:class:`ConfigMismatchError`) exits with status 2.
   """
   try:
     yield
@@ -61,6 +69,8 @@ def fatal_errors() -> Iterator[None]:
     exit_with_failure(f"diverged: {error}")
   except training.RunNotFinishedError as error:
     exit_with_failure(f"error: {error}")
+  except ConfigMismatchError as error:
+    exit_with_failure(f"error: {error}", CONFIG_MISMATCH_EXIT_CODE)
 
 
 def _remove_empty_tree(top: str, keep: tuple[str, ...]) -> None:
@@ -145,7 +155,8 @@ def check_not_diverged(run_dir: str, retry_diverged: bool) -> None:
       f"pass {RETRY_FLAG} to train it again from its last good checkpoint")
 
 
-__all__ = ["DIVERGED_FILE", "DivergedBeforeError", "FAILURE_EXIT_CODE",
+__all__ = ["CONFIG_MISMATCH_EXIT_CODE", "ConfigMismatchError", "DIVERGED_FILE",
+           "DivergedBeforeError", "FAILURE_EXIT_CODE", "NEW_RUN_DIR_FLAG",
            "RETRY_FLAG", "check_not_diverged", "diverged_marker",
            "exit_with_failure", "fatal_errors", "mark_diverged",
            "owned_workdir"]

@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -205,3 +206,38 @@ def test_config_typo_is_one_line_exit_2_and_help_lists_presets(tmp_path):
   for preset in presets.PRESETS:
     assert preset in out.stdout
   assert "--config.taus" in out.stdout
+
+
+@pytest.mark.slow
+def test_two_real_binaries_on_one_workdir(tmp_path):
+  """The second of two concurrent binaries exits at once naming the first;
+  the first finishes with the results of a lone run."""
+  longer = [*SMOKE, "--config.num_epochs=6"]
+  workdir = tmp_path / "shared"
+  first = subprocess.Popen(
+      [sys.executable, "-m", "experiments.loss_comparison", *longer,
+       f"--workdir={workdir}"], cwd=REPO, env=_env(tmp_path / "cache"),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    lock_path = workdir / "owner.lock"
+    deadline = time.monotonic() + 300
+    while not lock_path.exists():
+      assert first.poll() is None and time.monotonic() < deadline
+      time.sleep(0.2)
+    second = _binary(tmp_path, *longer, f"--workdir={workdir}")
+    assert first.poll() is None, "the first run ended too early for the test"
+    assert second.returncode == 1
+    assert f"pid {first.pid}" in second.stderr or str(first.pid) in (
+        second.stderr)
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+  finally:
+    if first.poll() is None:
+      first.kill()
+  lone = tmp_path / "lone"
+  out = _binary(tmp_path, *longer, f"--workdir={lone}", timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  shared_results = json.loads((workdir / "results.json").read_text())
+  lone_results = json.loads((lone / "results.json").read_text())
+  assert shared_results["per_tau"] == lone_results["per_tau"]
+  assert shared_results["members"] == lone_results["members"]

@@ -241,3 +241,27 @@ def test_two_real_binaries_on_one_workdir(tmp_path):
   lone_results = json.loads((lone / "results.json").read_text())
   assert shared_results["per_tau"] == lone_results["per_tau"]
   assert shared_results["members"] == lone_results["members"]
+
+
+def test_full_disk_during_the_run_is_one_line_exit_1(tmp_path, monkeypatch,
+                                                     capsys):
+  """An injected ENOSPC from training reaches the binary's error handling
+  as a storage error (path, free space), not as out of memory."""
+  full = training.StorageError(
+      28, f"no space left on device writing {tmp_path}/ckpt (free: 0 B)",
+      str(tmp_path / "ckpt"), 0)
+
+  def fail(*args, **kwargs):
+    del args, kwargs
+    raise full
+
+  monkeypatch.setattr(lib.training, "fit", fail)
+  config = _config()
+  config.sweep_mode = "auto"  # a full disk must not trigger the fallback
+  with pytest.raises(SystemExit) as exit_info:
+    with run_outcome.fatal_errors():
+      lib.run(config, str(tmp_path / "run"), log=_quiet)
+  assert exit_info.value.code == run_outcome.FAILURE_EXIT_CODE
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "storage error: no space left" in err
+  assert "out of memory" not in err

@@ -10,17 +10,26 @@ is re-rendered by ``python -m experiments.adversarial_training_report``::
 
   python -m experiments.adversarial_training \
       --config=configs/adversarial_training.py:smoke --workdir=/tmp/x
+
+One run owns a workdir (a second one exits at once naming the owner). Every
+run in the workdir is bound to the config fields that change its numbers: a
+different config is refused naming the fields (exit status 2) unless
+``--new_run_dir``. Exit status 1 when any run diverged (the report is still
+written; ``--retry_diverged`` trains them again), the workdir is busy or the
+disk is full; 2 for a config error (one line). ``--help`` lists presets and
+config fields.
 """
 
 from __future__ import annotations
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from configs import adversarial_training as presets
 from experiments import adversarial_training_lib as lib
 from experiments import adversarial_training_report as report
+from experiments import cli, common, run_outcome
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     "config", None, "Config file and preset, e.g. "
     "configs/adversarial_training.py:digits.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
@@ -28,6 +37,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Only plan the run (compile the steps on abstract "
     "shapes, no data): writes plan.json / plan.md to --workdir.")
+_NEW_RUN_DIR = flags.DEFINE_bool(
+    "new_run_dir", False, "If --workdir holds runs of a different config, "
+    "write this config's runs to <workdir>/config-<hash> (one directory per "
+    "config) instead of refusing.")
+_RETRY_DIVERGED = flags.DEFINE_bool(
+    "retry_diverged", False, "Train again runs that diverged (NaN/Inf) on an "
+    "earlier start, from their last good checkpoint; without it they are "
+    "reported as failed again.")
 
 
 def main(argv: list[str]) -> None:
@@ -35,18 +52,32 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Orbax logs every checkpoint operation at INFO; keep the console readable.
   logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  with cli.config_errors():
+    lib.validate_config(config)  # before any data is loaded
+  common.configure_cpu_devices(config)  # before JAX starts its backends
   if _DRY_RUN.value:
     from experiments import planning  # pylint: disable=g-import-not-at-top
 
-    result = planning.plan(_CONFIG.value, _WORKDIR.value,
-                           "adversarial_training")
+    result = planning.plan(config, _WORKDIR.value, "adversarial_training")
     print(planning.plan_markdown(result))
     return
-  results = lib.run(_CONFIG.value, _WORKDIR.value,
-                    log=lambda line: print(line, flush=True))
-  print(f"wrote {_WORKDIR.value}/{report.RESULTS_MD}")
-  print(report.results_markdown(results))
+  with run_outcome.fatal_errors():
+    results = lib.run(config, _WORKDIR.value,
+                      log=lambda line: print(line, flush=True),
+                      new_run_dir=_NEW_RUN_DIR.value,
+                      retry_diverged=_RETRY_DIVERGED.value)
+  run_dir = (lib.config_run_dir(config, _WORKDIR.value) if _NEW_RUN_DIR.value
+             else _WORKDIR.value)
+  print(f"wrote {run_dir}/{report.RESULTS_MD}")
+  print(report.results_markdown(results), flush=True)
+  failed = lib.failed_runs(results)
+  if failed:
+    run_outcome.exit_with_failure(
+        f"{len(failed)} of {len(results['runs'])} runs failed (diverged): "
+        f"{', '.join(failed)}; the report lists them; pass "
+        f"{run_outcome.RETRY_FLAG} to train them again")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, config_module=presets, doc=__doc__)

@@ -32,6 +32,7 @@ also be classified correctly clean, so robust ≤ clean accuracy in every row.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -43,12 +44,20 @@ import jax
 import optax
 
 from compsum_jax import attacks, data, training
+from compsum_jax.attacks import threat_model
 from compsum_jax.training import adversarial
+from compsum_jax.training import metrics as metrics_lib
 from experiments import adversarial_training_report as report
-from experiments import common
+from experiments import common, run_outcome
 
 RESULTS_JSON = report.RESULTS_JSON
 RUN_RESULT = "final.json"
+# Config fields that change no run's numbers, besides
+# common.BOOKKEEPING_FIELDS.
+BOOKKEEPING_FIELDS = ("cpu_devices",)
+# Fields that only select which runs exist (each run's own method, τ and seed
+# are in its identity).
+RUN_SELECTION_FIELDS = ("methods", "seeds")
 
 
 # --- config checks ------------------------------------------------------------
@@ -95,6 +104,9 @@ def check_config(config: Any) -> None:
     if "recipe" in section:
       common.check_choice(config, f"{m}.recipe", method.attack_recipes)
   common.check_float(config, "eps", low=0.0)
+  common.check_choice(config, "norm", threat_model.NORMS)
+  if common.optional_value(config, "cpu_devices") is not None:
+    common.check_int(config, "cpu_devices", low=1)
   threat = _as_dict(config.train_attack)
   for field in ("eps", "step_size"):
     if threat.get(field) is not None:
@@ -118,6 +130,9 @@ def check_config(config: Any) -> None:
     if name not in attacks.PRESETS or attacks.is_cascade(name):
       raise ValueError(f"config.cascade entries must be single-attack presets "
                        f"of {sorted(attacks.PRESETS)}, got {name!r}")
+
+
+validate_config = check_config  # the name the binaries use
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
@@ -164,6 +179,92 @@ def run_hparams(config: Any, run: PlannedRun) -> dict[str, float]:
   if run.tau is not None:
     values["tau"] = run.tau
   return method.check_hparams(values)
+
+
+def run_identity(config: Any, run: PlannedRun) -> dict[str, Any]:
+  """What a run's numbers depend on: the config without bookkeeping fields,
+  without the run-selection fields (methods, seeds) and the other methods'
+  sections, plus the run's method, τ and seed. Stored in the run's
+  config.json (checked by ``fit`` on resume) and in its final.json."""
+  experiment = common.run_identity(
+      config, BOOKKEEPING_FIELDS + RUN_SELECTION_FIELDS)
+  for method in adversarial.METHODS:
+    if method != run.method:
+      experiment.pop(method, None)
+  if run.tau is not None and isinstance(experiment.get(run.method), dict):
+    experiment[run.method] = {k: v for k, v in experiment[run.method].items()
+                              if k != "taus"}
+  return {"experiment": experiment, "method": run.method, "tau": run.tau,
+          "seed": run.seed}
+
+
+def differing_fields(stored: Any, current: Any, prefix: str = "") -> list[str]:
+  """Dotted paths where two JSON values differ (e.g. 'experiment.eps')."""
+  if isinstance(stored, dict) and isinstance(current, dict):
+    out = []
+    for key in sorted(set(stored) | set(current), key=str):
+      path = f"{prefix}.{key}" if prefix else str(key)
+      if key not in stored or key not in current:
+        out.append(path)
+      else:
+        out += differing_fields(stored[key], current[key], path)
+    return out
+  return [] if stored == current else [prefix or "(whole record)"]
+
+
+def stored_identity(run_dir: str) -> dict[str, Any] | None:
+  """The identity a run directory was made with (final.json's, else the
+  config.json written by ``fit``), or None for a run never started."""
+  for name, key in ((RUN_RESULT, "identity"),
+                    (metrics_lib.CONFIG_FILE, None)):
+    path = os.path.join(run_dir, name)
+    if not os.path.exists(path):
+      continue
+    with open(path, encoding="utf-8") as f:
+      record = json.load(f)
+    if key is None:
+      return record
+    if key in record:
+      return record[key]
+    # A final.json written without identity: judged by config.json.
+  return None
+
+
+def check_workdir_matches(config: Any, workdir: str) -> None:
+  """Refuses a workdir holding runs of a different config.
+
+  Raises:
+    run_outcome.ConfigMismatchError: naming the differing fields (as
+      ``experiment.<field>`` for config fields) and the runs.
+  """
+  fields: set[str] = set()
+  runs = []
+  for planned in runs_of(config):
+    run_dir = os.path.join(workdir, run_name(*planned))
+    stored = stored_identity(run_dir)
+    if stored is None:
+      continue
+    current = common.to_jsonable(run_identity(config, planned))
+    diff = differing_fields(stored, current)
+    if diff:
+      fields.update(diff)
+      runs.append(run_name(*planned))
+  if runs:
+    shown = ", ".join(f.removeprefix("experiment.") for f in sorted(fields))
+    raise run_outcome.ConfigMismatchError(
+        f"workdir {workdir} holds runs of a different config (differing "
+        f"fields: {shown}; runs: {', '.join(runs)}); use another --workdir, "
+        f"restore those values, or pass {run_outcome.NEW_RUN_DIR_FLAG} to "
+        "write this config's runs to a new sub-directory of the workdir")
+
+
+def config_run_dir(config: Any, workdir: str) -> str:
+  """``<workdir>/config-<hash>``: the directory ``--new_run_dir`` uses, one
+  per experiment identity (the same config always maps to the same one)."""
+  identity = common.run_identity(config, BOOKKEEPING_FIELDS)
+  digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode(
+      "utf-8")).hexdigest()[:10]
+  return os.path.join(workdir, f"config-{digest}")
 
 
 def train_attack_overrides(config: Any, method: str) -> dict[str, Any]:
@@ -272,26 +373,43 @@ def build_eval_attack(spec: Mapping[str, Any]) -> attacks.presets.AttackFn:
 # --- one run ------------------------------------------------------------------
 
 
-def train_and_evaluate(experiment: Experiment, run: PlannedRun, workdir: str
-                       ) -> dict[str, Any]:
+def train_and_evaluate(experiment: Experiment, run: PlannedRun, workdir: str,
+                       *, retry_diverged: bool = False) -> dict[str, Any]:
   """Trains one run in ``workdir`` and evaluates its best checkpoint on test.
 
   Resumes from ``workdir``'s checkpoints; if the run already has its final
-  results (``final.json``) they are returned without recomputation.
+  results (``final.json``, made with the same :func:`run_identity`) they are
+  returned without recomputation. A run that diverged (status 'nonfinite')
+  is trained again from its last good checkpoint only with
+  ``retry_diverged``.
 
   Returns:
     A JSON-able dict: method, tau, seed, status ('ok' or 'nonfinite'),
-    best_step, val metrics of the best checkpoint, and test metrics
-    'clean_accuracy', 'robust_<attack>' for every test attack and, with a
-    cascade, 'robust_cascade' (worst case over the cascade),
-    'gradient_masking_suspected' and 'cascade_stages'.
+    identity (:func:`run_identity`), best_step, val metrics of the best
+    checkpoint, final_metrics (the evaluation committed with the final
+    checkpoint), and test metrics 'clean_accuracy', 'robust_<attack>' for
+    every test attack and, with a cascade, 'robust_cascade' (worst case over
+    the cascade), 'gradient_masking_suspected' and 'cascade_stages'.
+
+  Raises:
+    run_outcome.ConfigMismatchError: ``workdir`` holds this run made with a
+      different config.
   """
   config = experiment.config
+  identity = common.to_jsonable(run_identity(config, run))
+  stored = stored_identity(workdir)
+  if stored is not None and stored != identity:
+    raise run_outcome.ConfigMismatchError(
+        f"{workdir} holds this run made with a different config (differing "
+        f"fields: {', '.join(differing_fields(stored, identity))})")
   os.makedirs(workdir, exist_ok=True)
   final_path = os.path.join(workdir, RUN_RESULT)
   if os.path.exists(final_path):
     with open(final_path, encoding="utf-8") as f:
-      return json.load(f)
+      record = json.load(f)
+    if record.get("status") == "ok" or not retry_diverged:
+      return record
+    os.remove(final_path)  # retry the diverged run from its last checkpoint
   ds, mesh = experiment.dataset, experiment.mesh
   train_step = experiment.train_step(
       run.method, train_attack_overrides(config, run.method))
@@ -311,10 +429,10 @@ def train_and_evaluate(experiment: Experiment, run: PlannedRun, workdir: str
             "val_robust_accuracy": float(out["robust_val"])}
 
   # The run's identity for resuming (bookkeeping switches may change).
-  run_config = {"experiment": common.run_identity(config),
-                "method": run.method, "tau": run.tau, "seed": run.seed}
+  run_config = identity
   record: dict[str, Any] = {"method": run.method, "tau": run.tau,
-                            "seed": run.seed, "status": "ok"}
+                            "seed": run.seed, "status": "ok",
+                            "identity": identity}
   try:
     result = training.fit(
         workdir=workdir, config=run_config, state=state,
@@ -341,7 +459,8 @@ def train_and_evaluate(experiment: Experiment, run: PlannedRun, workdir: str
   finally:
     store.close()
   record.update(best_step=best_step, best_epoch=meta.get("epoch"),
-                final_step=result.step, val=meta.get("metrics") or {})
+                final_step=result.step, val=meta.get("metrics") or {},
+                final_metrics=result.final_metrics)
   record.update(evaluate_test(experiment, best_state, run.seed))
   common.write_json(final_path, record)
   return record
@@ -396,38 +515,75 @@ def evaluate_test(experiment: Experiment, state: training.TrainState,
 # --- the experiment -----------------------------------------------------------
 
 
-def run(config: Any, workdir: str, log: Callable[[str], None] | None = None
+def run(config: Any, workdir: str, log: Callable[[str], None] | None = None,
+        *, new_run_dir: bool = False, retry_diverged: bool = False
         ) -> dict[str, Any]:
   """Every run of the config, then results.json and the report.
+
+  The experiment owns ``workdir`` while it runs (``training.workdir_lock``).
+  Runs already in the workdir must have been made with this config (each
+  run's :func:`run_identity`): a different config is refused before any data
+  is loaded, naming the differing fields, unless ``new_run_dir``, which puts
+  this config's runs into :func:`config_run_dir`.
 
   Args:
     config: the experiment config (``configs/adversarial_training.py``).
     workdir: output directory (one sub-directory per run).
-    log: called with a one-line summary after each run (e.g. ``print``).
+    log: called with progress lines and a one-line summary after each run
+      (e.g. ``print``).
+    new_run_dir: write the runs to ``<workdir>/config-<hash>`` (one per
+      config) instead of ``workdir`` itself.
+    retry_diverged: train again runs that diverged on an earlier start.
 
   Returns:
     The results dict written to ``results.json``: 'config', 'runs' (one
-    record per run, see :func:`train_and_evaluate`) and 'summary' (mean and
-    sample std over seeds per (method, τ)).
+    record per run, see :func:`train_and_evaluate`), 'summary' (mean and
+    sample std over seeds per (method, τ)). A diverged run is a record
+    with status 'nonfinite' (see :func:`failed_runs`).
+
+  Raises:
+    ValueError: a bad config field.
+    run_outcome.ConfigMismatchError: the workdir holds runs of another
+      config.
+    training.WorkdirBusyError: another run owns ``workdir``.
   """
-  experiment = Experiment.create(config)
-  os.makedirs(workdir, exist_ok=True)
-  columns = report.test_columns(common.to_jsonable(config))
-  planned = runs_of(config)
-  records = []
-  for i, planned_run in enumerate(planned):
-    start = time.perf_counter()
-    name = run_name(*planned_run)
-    record = train_and_evaluate(experiment, planned_run,
-                                os.path.join(workdir, name))
-    records.append(record)
-    if log is not None:
+  check_config(config)
+  say = log if log is not None else (lambda line: None)
+  with run_outcome.owned_workdir(workdir, process_index=jax.process_index(),
+                                 process_count=jax.process_count()):
+    run_dir = config_run_dir(config, workdir) if new_run_dir else workdir
+    if new_run_dir:
+      say(f"adversarial_training: this config's runs go to {run_dir}")
+    check_workdir_matches(config, run_dir)
+    planned = runs_of(config)
+    say(f"adversarial_training: {len(planned)} runs "
+        f"({', '.join(run_name(*p) for p in planned)}); loading "
+        f"{config.dataset} and building the model")
+    experiment = Experiment.create(config)
+    os.makedirs(run_dir, exist_ok=True)
+    columns = report.test_columns(common.to_jsonable(config))
+    records = []
+    for i, planned_run in enumerate(planned):
+      start = time.perf_counter()
+      name = run_name(*planned_run)
+      say(f"[{i + 1}/{len(planned)}] {name}: training "
+          f"({config.num_epochs} epochs; first run compiles the steps)")
+      record = train_and_evaluate(experiment, planned_run,
+                                  os.path.join(run_dir, name),
+                                  retry_diverged=retry_diverged)
+      records.append(record)
       scores = " ".join(f"{k}={record[k]:.3f}" for k in columns
                         if k in record)
-      log(f"[{i + 1}/{len(planned)}] {name}: {record['status']} {scores} "
+      say(f"[{i + 1}/{len(planned)}] {name}: {record['status']} {scores} "
           f"({time.perf_counter() - start:.0f} s)")
-  results = {"config": common.to_jsonable(config), "runs": records,
-             "summary": report.summarize(records, columns)}
-  common.write_json(os.path.join(workdir, RESULTS_JSON), results)
-  report.write_report(results, workdir)
+    results = {"config": common.to_jsonable(config), "runs": records,
+               "summary": report.summarize(records, columns)}
+    common.write_json(os.path.join(run_dir, RESULTS_JSON), results)
+    report.write_report(results, run_dir)
   return results
+
+
+def failed_runs(results: Mapping[str, Any]) -> list[str]:
+  """Names of the runs of ``results`` whose status is not 'ok'."""
+  return [run_name(r["method"], r["tau"], r["seed"]) for r in results["runs"]
+          if r.get("status") != "ok"]

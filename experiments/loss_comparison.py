@@ -15,6 +15,12 @@ checkpoints. Any config field can be overridden, e.g.
 ``companion`` preset (the digits demo runs ``synthetic``), that preset runs
 afterwards in ``<workdir>/companion_<name>`` for the H-consistency bound
 check.
+
+One run owns a workdir: a second run on it exits at once (status 1) naming
+the owner. Exit status: 0 when every member finished; 1 when the workdir is
+busy, the disk is full or a member diverged (a diverged group is not
+trained again on restart unless ``--retry_diverged`` is given); 2 for a
+config error (one line). ``--help`` lists the presets and config fields.
 """
 
 from __future__ import annotations
@@ -22,17 +28,20 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from experiments import common
+from configs import loss_comparison as presets
+from experiments import cli, common, run_outcome
 from experiments import loss_comparison_lib as lib
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     "config", "configs/loss_comparison.py:digits",
     "Experiment config: configs/loss_comparison.py:<preset>.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory (resumes if it holds a run).",
     required=True)
+_RETRY_DIVERGED = flags.DEFINE_bool(
+    "retry_diverged", False, "Train again members that diverged (NaN/Inf) "
+    "on an earlier start; without it such a workdir is refused.")
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Only plan the run (compile the steps on abstract "
     "shapes, no data): writes plan.json / plan.md to --workdir.")
@@ -43,7 +52,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   config = _CONFIG.value
-  lib.validate_config(config)  # fail fast, before any data is loaded
+  with cli.config_errors():
+    lib.validate_config(config)  # fail fast, before any data is loaded
   common.configure_cpu_devices(config)  # before JAX starts its backends
   if _DRY_RUN.value:
     from experiments import planning  # pylint: disable=g-import-not-at-top
@@ -51,9 +61,10 @@ def main(argv: list[str]) -> None:
     print(planning.plan_markdown(planning.plan(config, _WORKDIR.value,
                                                "loss_comparison")))
     return
-  lib.run(config, _WORKDIR.value)
+  with run_outcome.fatal_errors():
+    lib.run(config, _WORKDIR.value, retry_diverged=_RETRY_DIVERGED.value)
   sys.stdout.flush()
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, config_module=presets, doc=__doc__)

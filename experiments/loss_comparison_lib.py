@@ -68,6 +68,11 @@ results.json fields:
     tolerance, num_checks, num_violations, holds, min_slack, per_tau: [{tau,
     num_checks, num_violations, min_slack, final_zero_one_excess,
     final_surrogate_excess, final_bound}]} (finals are means over seeds).
+  history_check: one entry per trained group: {group, complete, problems,
+    rebuilt_epochs, missing_epochs}. Final values always come from the
+    evaluation committed with each group's final checkpoint; a metrics.jsonl
+    that lost records is completed from the kept checkpoints, and epochs
+    lost for good are listed in missing_epochs.
   files: the table and plots, relative to the workdir.
 """
 
@@ -86,7 +91,7 @@ import optax
 
 from compsum_jax import data as data_lib
 from compsum_jax import theory, training
-from experiments import common
+from experiments import common, run_outcome
 from experiments import loss_comparison_report as report
 
 SWEEP_MODES = ("vmap", "sequential", "auto")
@@ -303,14 +308,9 @@ def make_evaluate_fn(sweep: Sweep, group: Sequence[common.Member], *,
   return evaluate_fn
 
 
-def _is_out_of_memory(error: Exception) -> bool:
-  text = str(error)
-  return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or (
-      "out of memory" in text)
-
-
 def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
-                *, stacked: bool) -> training.FitResult:
+                *, stacked: bool, retry_diverged: bool = False
+                ) -> training.FitResult:
   """Trains one group of members with :func:`training.fit` (resumable).
 
   Args:
@@ -319,11 +319,18 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
       through the vmapped step, else ``group`` must hold one member.
     workdir: the group's run directory.
     stacked: K-member mode (True) or single-member mode.
+    retry_diverged: train again a group that diverged on an earlier start
+      (else such a group is refused).
 
   Returns:
     The FitResult (final state: stacked [K, ...] or single).
+
+  Raises:
+    training.NonFiniteError: the group diverged (``diverged.json`` written).
+    run_outcome.DivergedBeforeError: it diverged on an earlier start.
   """
   config = sweep.config
+  run_outcome.check_not_diverged(workdir, retry_diverged)
   state = common.init_states(sweep.model, sweep.optimizer, group,
                              sweep.dataset.input_shape, stacked=stacked)
   num_members = len(group) if stacked else None
@@ -359,6 +366,7 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
              for k in bad]
     print(f"loss_comparison: diverged members {names}; lower "
           "config.optimizer.learning_rate or set config.optimizer.grad_clip")
+    run_outcome.mark_diverged(workdir, error, members=names)
     raise
 
 
@@ -369,6 +377,72 @@ def eval_history(group_workdir: str) -> list[dict[str, Any]]:
     if record.get("split") == "eval":
       by_step[int(record["step"])] = record
   return [by_step[s] for s in sorted(by_step)]
+
+
+@dataclasses.dataclass
+class GroupOutcome:
+  """A finished group's results, final values from its final checkpoint.
+
+  Attributes:
+    histories: per member {field: [value per evaluation]} (metrics.jsonl,
+      completed from the kept checkpoints where the log lacks records).
+    finals: per member {field: value} of the evaluation committed with the
+      final checkpoint (never the last log record).
+    history_check: {group, complete, problems, rebuilt_epochs,
+      missing_epochs}: what was wrong with metrics.jsonl (paths relative to
+      the experiment's workdir), which epochs were recovered from the
+      checkpoints and which are lost for good.
+  """
+
+  histories: list[dict[str, list[float]]]
+  finals: list[dict[str, float]]
+  history_check: dict[str, Any]
+
+
+def group_outcome(gdir: str, group: Sequence[common.Member], stacked: bool,
+                  final_metrics: Mapping[str, Any] | None, workdir: str
+                  ) -> GroupOutcome:
+  """Final values from state and the history checked against them.
+
+  Args:
+    gdir: the group's run directory.
+    group: its members.
+    stacked: whether they were trained as one K-member state.
+    final_metrics: ``FitResult.final_metrics`` (None: read from the final
+      checkpoint with ``training.final_evaluation``).
+    workdir: the experiment's workdir (paths in the report are relative).
+
+  Raises:
+    training.RunNotFinishedError: the group has no final checkpoint.
+  """
+  if final_metrics is None:
+    _, final_metrics = training.final_evaluation(gdir)
+  check = training.check_history(gdir)
+  records = check.records
+  rebuilt_epochs: list[int] = []
+  if not check.complete:
+    # The evaluations stored with the kept checkpoints are the committed
+    # ones: they fill gaps and replace disagreeing log records.
+    by_step = {int(r["step"]): r for r in records}
+    for record in training.rebuild_eval_history(gdir):
+      by_step[int(record["step"])] = record
+      rebuilt_epochs.append(int(record["epoch"]))
+    records = [by_step[s] for s in sorted(by_step)]
+  seen = {int(r["epoch"]) for r in records}
+  missing = [e for e in check.expected_epochs if e not in seen]
+  prefix = os.path.abspath(workdir) + os.sep
+  history_check = {
+      "group": os.path.relpath(gdir, workdir),
+      "complete": check.complete,
+      "problems": [p.replace(prefix, "") for p in check.problems],
+      "rebuilt_epochs": sorted(set(rebuilt_epochs)),
+      "missing_epochs": missing}
+  final = {name: final_metrics[name] for name in HISTORY_FIELDS
+           if name in final_metrics}
+  finals = [{name: float(v[k] if stacked else v) for name, v in final.items()}
+            for k in range(len(group))]
+  return GroupOutcome(histories=member_histories(records, group, stacked),
+                      finals=finals, history_check=history_check)
 
 
 HISTORY_FIELDS = ("test_accuracy", "test_loss", "test_cross_entropy",
@@ -397,57 +471,75 @@ def member_histories(records: Sequence[Mapping[str, Any]],
   return histories
 
 
-def run_sweep(sweep: Sweep, workdir: str, log: Callable[[str], None] = print
-              ) -> tuple[list[dict[str, list[float]]], str]:
-  """Trains every member (resuming where possible); returns histories, mode.
+@dataclasses.dataclass
+class SweepOutcome:
+  """What :func:`run_sweep` trained: per member histories and final values.
+
+  Attributes:
+    histories: per member {field: [value per evaluation]}, member order.
+    finals: per member {field: value} from the final checkpoints.
+    history_checks: one :attr:`GroupOutcome.history_check` per group.
+    mode: the mode actually used, 'vmap' or 'sequential'.
+  """
+
+  histories: list[dict[str, list[float]]]
+  finals: list[dict[str, float]]
+  history_checks: list[dict[str, Any]]
+  mode: str
+
+
+def run_sweep(sweep: Sweep, workdir: str, log: Callable[[str], None] = print,
+              *, retry_diverged: bool = False) -> SweepOutcome:
+  """Trains every member (resuming where possible).
 
   'vmap'/'auto' train all members as one stacked group ('auto' falls back
   to one member after another when that runs out of device memory);
-  'sequential' trains one member after another.
-
-  Returns:
-    (histories in member order, the mode actually used: 'vmap' or
-    'sequential').
+  'sequential' trains one member after another. Final values come from each
+  group's final checkpoint (:func:`group_outcome`).
   """
   mode = sweep.config.sweep_mode
-  histories: list[dict | None] = [None] * len(sweep.members)
   if mode in ("vmap", "auto"):
     group = sweep.members
     gdir = group_dir(workdir, group, stacked=True)
     try:
-      train_group(sweep, group, gdir, stacked=True)
+      fitted = train_group(sweep, group, gdir, stacked=True,
+                           retry_diverged=retry_diverged)
     except Exception as error:  # pylint: disable=broad-except
-      if mode != "auto" or not _is_out_of_memory(error):
+      if mode != "auto" or not training.is_device_out_of_memory(error):
         raise
-      log(f"vmapped sweep of {len(group)} members ran out of memory "
+      log(f"vmapped sweep of {len(group)} members ran out of device memory "
           f"({type(error).__name__}); falling back to sequential members")
     else:
-      for k, h in enumerate(member_histories(eval_history(gdir), group,
-                                             stacked=True)):
-        histories[k] = h
-      return histories, "vmap"
+      outcome = group_outcome(gdir, group, True, fitted.final_metrics,
+                              workdir)
+      return SweepOutcome(outcome.histories, outcome.finals,
+                          [outcome.history_check], "vmap")
+  histories, finals, checks = [], [], []
   for member in sweep.members:
     gdir = group_dir(workdir, [member], stacked=False)
     log(f"member {member.index + 1}/{len(sweep.members)}: "
         f"tau={member.hparams['tau']:g} seed={member.seed}")
-    train_group(sweep, [member], gdir, stacked=False)
-    (h,) = member_histories(eval_history(gdir), [member], stacked=False)
-    histories[member.index] = h
-  return histories, "sequential"
+    fitted = train_group(sweep, [member], gdir, stacked=False,
+                         retry_diverged=retry_diverged)
+    outcome = group_outcome(gdir, [member], False, fitted.final_metrics,
+                            workdir)
+    histories += outcome.histories
+    finals += outcome.finals
+    checks.append(outcome.history_check)
+  return SweepOutcome(histories, finals, checks, "sequential")
 
 
 # ------------------------------------------------------------------ results
 
 
-def summarize(sweep: Sweep, histories: Sequence[Mapping[str, list]],
-              mode: str) -> dict[str, Any]:
+def summarize(sweep: Sweep, outcome: SweepOutcome) -> dict[str, Any]:
   """The content of results.json (see module docstring); deterministic."""
   config = sweep.config
   taus = config_taus(config)
+  mode = outcome.mode
   members_out = []
-  for member, history in zip(sweep.members, histories, strict=True):
-    final = {name: values[-1] for name, values in history.items()
-             if name not in ("epoch", "step")}
+  for member, history, final in zip(sweep.members, outcome.histories,
+                                    outcome.finals, strict=True):
     members_out.append({"index": member.index, "tau": member.hparams["tau"],
                         "seed": member.seed, "seed_index": member.seed_index,
                         "final": final, "history": dict(history)})
@@ -491,6 +583,7 @@ def summarize(sweep: Sweep, histories: Sequence[Mapping[str, list]],
       "per_tau": per_tau,
       "members": members_out,
       "bound_check": _bound_summary(sweep, members_out),
+      "history_check": outcome.history_checks,
       "files": {"table": report.TABLE_FILE,
                 "accuracy_plot": report.PLOT_ACCURACY,
                 "curves_plot": report.PLOT_CURVES},
@@ -531,7 +624,8 @@ def _mesh_shape(mesh: jax.sharding.Mesh | None) -> dict[str, int]:
 
 
 def run_one(config: Any, workdir: str, log: Callable[[str], None] = print,
-            dataset: data_lib.Dataset | None = None
+            dataset: data_lib.Dataset | None = None, *,
+            retry_diverged: bool = False
             ) -> tuple[dict[str, Any], dict[str, str]]:
   """One sweep: build, train (resumable), write results.json and the report.
 
@@ -540,6 +634,7 @@ def run_one(config: Any, workdir: str, log: Callable[[str], None] = print,
     workdir: output directory; re-running with the same workdir resumes.
     log: where progress lines go.
     dataset: the loaded data of ``config`` (None: load it).
+    retry_diverged: train again groups that diverged on an earlier start.
 
   Returns:
     (results dict as written to results.json, {name: path} of the outputs).
@@ -552,9 +647,17 @@ def run_one(config: Any, workdir: str, log: Callable[[str], None] = print,
       f"{list(config_taus(config))} × {config.num_seeds} seeds) on "
       f"{sweep.dataset.name}, {sweep.total_steps} steps, mode "
       f"{config.sweep_mode}; workdir {workdir}")
-  histories, mode = run_sweep(sweep, workdir, log)
+  outcome = run_sweep(sweep, workdir, log, retry_diverged=retry_diverged)
   train_seconds = time.perf_counter() - start
-  results = summarize(sweep, histories, mode)
+  mode = outcome.mode
+  results = summarize(sweep, outcome)
+  for check in outcome.history_checks:
+    if not check["complete"]:
+      log(f"loss_comparison: metrics history of {check['group']} was "
+          f"incomplete ({'; '.join(check['problems'])}); recovered epochs "
+          f"{check['rebuilt_epochs']} from the checkpoints; lost for good: "
+          f"{check['missing_epochs'] or 'none'} (final values come from the "
+          "final checkpoint)")
   common.write_json(os.path.join(workdir, RESULTS_FILE), results)
   paths = report.write_report(results, workdir)
   common.write_json(os.path.join(workdir, TIMING_FILE),
@@ -577,22 +680,47 @@ def companion_config(config: Any) -> Any:
   return companion
 
 
-def run(config: Any, workdir: str, log: Callable[[str], None] = print
+def run(config: Any, workdir: str, log: Callable[[str], None] = print, *,
+        retry_diverged: bool = False
         ) -> tuple[dict[str, Any], dict[str, str]]:
   """The experiment: the sweep of ``config`` in ``workdir``, then, if
   ``config.companion`` names a preset, that sweep in
   ``<workdir>/companion_<name>`` (the bound check of the digits demo).
 
-  Each sweep loads its data once. The reports go to ``log``.
+  The run owns ``workdir`` (``training.workdir_lock``, companion included):
+  a second run on it fails at once naming the owner. A start that fails
+  before writing anything leaves no directory behind. Each sweep loads its
+  data once. The reports go to ``log``.
+
+  Args:
+    config: the experiment config.
+    workdir: output directory; re-running with the same workdir resumes.
+    log: where progress lines go.
+    retry_diverged: train again groups that diverged on an earlier start
+      (else they are refused with ``run_outcome.DivergedBeforeError``).
 
   Returns:
     (results, {name: path}) of the main sweep.
+
+  Raises:
+    training.WorkdirBusyError: another run owns ``workdir``.
+    training.NonFiniteError: a group diverged.
   """
   validate_config(config)
   companion = companion_config(config) if config.companion else None
   if companion is not None:
     validate_config(companion)  # fail before the main sweep trains
-  results, paths = run_one(config, workdir, log)
+  with run_outcome.owned_workdir(workdir, process_index=jax.process_index(),
+                                 process_count=jax.process_count()):
+    return _run_locked(config, companion, workdir, log, retry_diverged)
+
+
+def _run_locked(config: Any, companion: Any, workdir: str,
+                log: Callable[[str], None], retry_diverged: bool
+                ) -> tuple[dict[str, Any], dict[str, str]]:
+  """:func:`run` once the workdir lock is held."""
+  results, paths = run_one(config, workdir, log,
+                           retry_diverged=retry_diverged)
   log(report.console_report(
       f"loss comparison on {results['dataset']['name']}", paths))
   if companion is None:
@@ -600,7 +728,8 @@ def run(config: Any, workdir: str, log: Callable[[str], None] = print
     return results, paths
   sub = os.path.join(workdir, f"companion_{config.companion}")
   log(f"\nCompanion run '{config.companion}' for the bound check in {sub}")
-  results_c, paths_c = run_one(companion, sub, log)
+  results_c, paths_c = run_one(companion, sub, log,
+                               retry_diverged=retry_diverged)
   log(report.console_report(f"companion: {results_c['dataset']['name']}",
                             paths_c))
   log("\nBound-check summary (companion run):\n"

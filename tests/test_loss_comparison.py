@@ -340,11 +340,12 @@ def test_auto_mode_falls_back_to_sequential_on_out_of_memory(tmp_path,
   original = lib.train_group
   calls = []
 
-  def fake_oom_when_stacked(sweep, group, workdir, *, stacked):
+  def fake_oom_when_stacked(sweep, group, workdir, *, stacked, **kwargs):
     calls.append((len(group), stacked))
     if stacked:
-      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1 TB")
-    return original(sweep, group, workdir, stacked=stacked)
+      raise jax.errors.JaxRuntimeError(
+          "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1 TB")
+    return original(sweep, group, workdir, stacked=stacked, **kwargs)
 
   monkeypatch.setattr(lib, "train_group", fake_oom_when_stacked)
   config = _tiny_config((0.0, 2.0), "auto")
@@ -359,6 +360,19 @@ def test_auto_mode_falls_back_to_sequential_on_out_of_memory(tmp_path,
   config.sweep_mode = "vmap"
   with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
     lib.run(config, str(tmp_path / "vmap"), log=lambda s: None)
+  # A full disk reported as RESOURCE_EXHAUSTED is not out of memory.
+  calls.clear()
+
+  def fake_full_disk(sweep, group, workdir, *, stacked, **kwargs):
+    del kwargs
+    calls.append((len(group), stacked))
+    raise OSError(28, "RESOURCE_EXHAUSTED: No space left on device")
+
+  monkeypatch.setattr(lib, "train_group", fake_full_disk)
+  config.sweep_mode = "auto"
+  with pytest.raises(OSError, match="No space"):
+    lib.run(config, str(tmp_path / "disk"), log=lambda s: None)
+  assert calls == [(2, True)]
 
 
 def test_resume_ignores_bookkeeping_fields_but_not_the_experiment(smoke_run,
@@ -387,6 +401,7 @@ def test_paper_scale_preset_fails_fast_without_prepared_data(tmp_path):
   with pytest.raises(FileNotFoundError, match="prepare"):
     lib.run(config, str(tmp_path / "run"), log=lambda s: None)
   assert time.monotonic() - start < 60  # no download/GCS retry loop
+  assert not (tmp_path / "run").exists()  # a failed start leaves no dir
 
 
 def test_cifar10_preset_runs_on_mock_tfds_data(tmp_path):

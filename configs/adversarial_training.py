@@ -1,10 +1,10 @@
-"""Configs of the adversarial-training experiment (issue 7).
+"""Configs of the adversarial-training experiment.
 
-ADV-COMP-SUM (notes §5.4) against TRADES and PGD-AT (and plain training as a
+ADV-COMP-SUM (docs/math.md (10.4)–(10.6)) against TRADES and PGD-AT (and plain training as a
 reference), each trained through the one train step with its own objective
 (``compsum_jax/training/adversarial.py``), early-stopped on the robust
-accuracy of a held-out validation split under PGD-40 on the margin (notes
-§6.1), and evaluated on test by PGD-20, PGD-40 margin and a cascade: AutoAttack
+accuracy of a held-out validation split under PGD-40 on the margin (docs/math.md
+(13.1)), and evaluated on test by PGD-20, PGD-40 margin and a cascade: AutoAttack
 'standard' (APGD-CE → APGD-T → FAB-T → Square, the members of the attack
 preset 'aa_standard') on mnist and the paper-scale presets; on digits the
 cheaper APGD-CE → APGD-T → Square with 30 steps, 3 target classes, 500
@@ -36,8 +36,8 @@ Presets (``get_config(arg)``):
   Expected accuracy (literature, not reproduced
   here): ~99 % clean and ~90–95 % PGD robust accuracy for TRADES/PGD-AT
   (Madry et al. 2018; Zhang et al. 2019).
-* ``cifar10``, ``cifar100``, ``svhn``: the Gowal et al. (2020) recipe (notes
-  §6.3): WRN-28-10 with swish, SGD with Nesterov momentum 0.9, learning rate
+* ``cifar10``, ``cifar100``, ``svhn``: the Gowal et al. (2020) recipe (docs/math.md
+  (13.3)): WRN-28-10 with swish, SGD with Nesterov momentum 0.9, learning rate
   0.1·batch/256 with a 10-epoch linear warm-up then cosine, weight decay
   5e-4, EMA decay 0.995, batch 1024, 400 epochs (SVHN: learning rate 0.05·
   batch/256, no horizontal flip, 100 epochs), ℓ∞ ε = 8/255 with a 10-step
@@ -72,7 +72,7 @@ Fields (primitives only):
   dataset, dataset_kwargs, data_dir: as in ``compsum_jax.data.load_dataset``
     ('svhn' means 'svhn_cropped').
   validation_size: held-out training examples for early stopping (1,024 in
-    the paper, notes §6.1).
+    the paper, docs/math.md (13.1)).
   model.name / model.kwargs: ``compsum_jax.models.get_model``.
   optimizer: ``compsum_jax.training.make_optimizer`` fields (the weight decay
     λ‖θ‖² of ADV-COMP-SUM lives here).
@@ -239,7 +239,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seeds = (0, 1)
     c.augment = False
   else:
-    # Gowal et al. (2020) recipe, notes §6.3.
+    # Gowal et al. (2020) recipe, docs/math.md (13.3).
     c.dataset = "svhn" if name == "svhn" else name
     c.model = ml_collections.ConfigDict({
         "name": "wide_resnet",

@@ -22,15 +22,15 @@ index), and compared on clean test labels. Presets (``get_config(arg)``):
 
 * ``synthetic`` (offline): 4-class Gaussian mixture with exact posteriors; at
   every evaluation the zero-one and surrogate estimation errors of every
-  member are computed against the pointwise best (complete family, notes
-  §4.1) and the bound E[ΔC_0-1] ≤ Γ_τ(E[ΔC_τ]) (notes §3.1) is checked.
+  member are computed against the pointwise best (complete family, docs/math.md
+  (5.1)) and the bound E[ΔC_0-1] ≤ Γ_τ(E[ΔC_τ]) (docs/math.md (7.4)) is checked.
   About 5 s on the quiet CPU above (35 s at load ≈ 14); test accuracy
   76.4–77.9 % for all τ
   (Bayes classifier: E_x[max_y p(y|x)] = 77.4 % on the test inputs, 78.2 %
   on the sampled test labels); the bound held at all 150 checks (min slack
   0.028, at τ = 2).
 * ``smoke`` / ``synthetic_smoke``: seconds; used by the tests.
-* ``mnist``, ``cifar10``, ``cifar100``, ``svhn``: paper scale (notes §6.1–6.2:
+* ``mnist``, ``cifar10``, ``cifar100``, ``svhn``: paper scale (docs/math.md (13.1)–(13.2):
   ResNets, SGD with Nesterov momentum, cosine schedule; depth, batch size,
   epochs and weight decay are UNKNOWN in the paper and set to the notes'
   defaults). The datasets must be prepared once with
@@ -219,10 +219,10 @@ def _synthetic_smoke(c: ml_collections.ConfigDict) -> None:
 
 def _paper_scale(c: ml_collections.ConfigDict, dataset: str, model: str,
                  model_kwargs: dict) -> None:
-  """ResNet + SGD/Nesterov + cosine (notes §6.1 VERIFIED, §6.2 defaults).
+  """ResNet + SGD/Nesterov + cosine (docs/math.md (13.1) for the paper's facts, (13.2) for the defaults).
 
   Batch 1024, learning rate 0.1·1024/256 with 5 warm-up epochs, weight decay
-  5e-4 on kernels, 200 epochs (notes §6.2: RECONSTRUCTED, low confidence).
+  5e-4 on kernels, 200 epochs (docs/math.md (13.2): RECONSTRUCTED, low confidence).
   """
   c.dataset = dataset
   c.dataset_kwargs = ml_collections.ConfigDict()

@@ -19,8 +19,8 @@ Writes to ``--workdir``:
 
 Gap example (d): a deterministic distribution with label marginal π (Zipf),
 and H = constant score vectors in [−Λ, Λ]^n. Then R*_τ(H) = C*_τ(H_Λ, π)
-(exact score-bounded solve), E_x C*_τ(H_Λ, x) = Φ^τ((n−1)e^{−2Λ}) (notes
-§4.2), and M_τ = R*_τ(H) − Φ^τ((n−1)e^{−2Λ}).
+(exact score-bounded solve), E_x C*_τ(H_Λ, x) = Φ^τ((n−1)e^{−2Λ}) (docs/math.md
+(7.5)), and M_τ = R*_τ(H) − Φ^τ((n−1)e^{−2Λ}).
 """
 
 from __future__ import annotations

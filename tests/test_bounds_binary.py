@@ -36,7 +36,7 @@ def test_smoke_preset_runs_end_to_end(tmp_path, light_compile_env):
   # (c) no ratio above 1 (that would be a counterexample).
   for row in results["tightness"]:
     assert max(row["ratios"]) <= 1 + 1e-9
-  # (d) gaps are non-negative and non-increasing in τ (notes §4.2).
+  # (d) gaps are non-negative and non-increasing in τ (docs/math.md (7.6)).
   gap = np.asarray(results["gaps"]["gap"])
   assert np.all(gap >= -1e-12)
   assert np.all(np.diff(gap, axis=0) <= 1e-12)

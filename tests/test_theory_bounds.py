@@ -22,7 +22,7 @@ def _float64():
 
 
 def _np_transform(t, tau, n):
-  """The four branches of notes §3.1, written directly in NumPy float64."""
+  """The four branches of docs/math.md (6.2), written directly in NumPy float64."""
   t = np.asarray(t, np.float64)
   if tau == 1.0:
     minus = np.where(t < 1, (1 - t) * np.log(np.where(t < 1, 1 - t, 1.0)), 0)
@@ -60,7 +60,7 @@ def test_transform_small_t_matches_quadratic_term(tau):
 
 def test_transform_closed_forms():
   ts = np.linspace(0, 1, 101)
-  # τ = 0: T = 1 − sqrt(1 − t²) (notes §3.2).
+  # τ = 0: T = 1 − sqrt(1 − t²) (docs/math.md (6.2)).
   np.testing.assert_allclose(theory.transform(ts, 0.0, 5),
                              1 - np.sqrt(1 - ts**2), atol=1e-14)
   # τ = 2: T = t/n.
@@ -90,7 +90,7 @@ def test_inverse_transform_closed_forms_and_saturation():
 
 
 def test_inverse_transform_sqrt_upper_bound_for_tau_le_1():
-  # Notes §3.2: Γ_τ(s) ≤ sqrt(2^τ (2−τ) s) for τ ∈ [0, 1].
+  # docs/math.md (6.6): Γ_τ(s) ≤ sqrt(2^τ (2−τ) s) for τ ∈ [0, 1].
   s = np.geomspace(1e-8, 0.5, 60)
   for tau in [0.0, 0.25, 0.5, 0.75, 1.0]:
     gamma = np.asarray(theory.inverse_transform(s, tau, 10))
@@ -136,7 +136,7 @@ def test_zero_one_bound_adds_and_subtracts_gaps():
 
 
 def test_adversarial_constant_values():
-  # Notes §5.2: Φ^τ(1) = (2^{1−τ} − 1)/(1 − τ), log 2 at τ = 1.
+  # docs/math.md (9.6): Φ^τ(1) = (2^{1−τ} − 1)/(1 − τ), log 2 at τ = 1.
   taus = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
   want = np.where(taus == 1, np.log(2),
                   (2.0 ** (1 - taus) - 1) / (1 - np.where(taus == 1, 0, taus)))
@@ -154,7 +154,7 @@ def _np_phi(u, tau):
 @pytest.mark.parametrize("tau", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
 @pytest.mark.parametrize("n", [2, 3, 6])
 def test_adversarial_rearrangement_inequality(tau, n):
-  # Notes §5.2 proof sketch: for a robust h that ranks classes by a
+  # docs/math.md (9.4)–(9.5) proof sketch: for a robust h that ranks classes by a
   # permutation, C̃ = Σ_y p_y Φ^τ(rank(y) − 1), C̃* = Σ_k p_(k) Φ^τ(k − 1),
   # and ΔC̃ ≥ Φ^τ(1)·(max p − p_{top(h)}), with equality when the top two are
   # swapped. Checked by brute force over all permutations.

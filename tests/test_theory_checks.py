@@ -17,7 +17,7 @@ def _float64():
 
 
 def _np_slack(scores, probs, tau):
-  """ΔC_τ − T_τ(ΔC_{0-1}) from NumPy formulas (notes §2.2, §3.1, §4.1)."""
+  """ΔC_τ − T_τ(ΔC_{0-1}) from NumPy formulas (docs/math.md (2.4)–(2.5), (7.2), (5.1))."""
   z = scores - scores.max(-1, keepdims=True)
   q = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
   if tau == 1:
@@ -101,7 +101,7 @@ def test_tightness_ratio_reaches_099(tau, n):
 
 @pytest.mark.parametrize("tau", [1.5, 2.0, 3.0])
 def test_tightness_ratio_never_exceeds_one_for_tau_above_one(tau):
-  # τ > 1 at n = 10: T_τ is a valid but not tight lower bound (notes §3.3).
+  # τ > 1 at n = 10: T_τ is a valid but not tight lower bound (docs/math.md (8.1)–(8.5)).
   ratios = np.asarray(theory.tightness_curve(tau, 10, TS, num_starts=12,
                                              num_steps=250))
   assert np.all(ratios <= 1 + 1e-9), ratios

@@ -22,7 +22,7 @@ def _float64():
 
 
 def _np_loss_of_q(q, tau):
-  """ψ(q) = (1 − q^{τ−1})/(τ − 1), −log q at τ = 1 (softmax form, notes §2.2)."""
+  """ψ(q) = (1 − q^{τ−1})/(τ − 1), −log q at τ = 1 (softmax form, docs/math.md (2.5))."""
   if tau == 1.0:
     return -np.log(q)
   return (1.0 - q ** (tau - 1.0)) / (tau - 1.0)
@@ -79,7 +79,7 @@ def test_complete_best_risk_matches_scipy_simplex_optimum(tau):
 
 
 def test_complete_best_risk_notes_values():
-  # Notes §4.1, p = (.5, .3, .2).
+  # docs/math.md (5.3), p = (.5, .3, .2).
   p = jnp.asarray([0.5, 0.3, 0.2])
   got = [float(theory.best_conditional_risk(p, t))
          for t in [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]]
@@ -166,7 +166,7 @@ def test_deterministic_closed_form_matches_solver():
         p[n // 2] = 1.0
         got = float(theory.best_conditional_risk(p, tau, bound))
         want = float(theory.deterministic_best_conditional_risk(tau, n, bound))
-        # Closed form Φ^τ((n−1)e^{−2Λ}) written out (notes §4.2).
+        # Closed form Φ^τ((n−1)e^{−2Λ}) written out (docs/math.md (5.11)).
         u = (n - 1) * math.exp(-2 * bound)
         direct = (math.log1p(u) if tau == 1 else
                   ((1 + u) ** (1 - tau) - 1) / (1 - tau))

@@ -34,7 +34,7 @@ def test_constant_scorer_family_gap_matches_scipy_and_is_monotone_in_tau():
   # H = {x ↦ s : s ∈ [−Λ, Λ]^n} (constant scores): with deterministic labels
   # R*_τ(H) = min_s (1/m) Σ_i ℓ_τ(s, y_i), found here by SciPy multi-start;
   # E_x C*(H_Λ, x) = Φ^τ((n−1)e^{−2Λ}) since at each x the best score vector
-  # in the box is free (notes §4.2), so M = R* − Φ^τ((n−1)e^{−2Λ}).
+  # in the box is free (docs/math.md (5.11)), so M = R* − Φ^τ((n−1)e^{−2Λ}).
   rng = np.random.default_rng(0)
   n, m = 4, 400
   labels, onehot = _deterministic_sample(rng, m, n)
@@ -59,7 +59,7 @@ def test_constant_scorer_family_gap_matches_scipy_and_is_monotone_in_tau():
       assert gap == pytest.approx(same, abs=1e-12)
       assert gap >= -1e-12
       gaps.append(gap)
-    # Notes §4.2: M_τ(H) is non-increasing in τ.
+    # docs/math.md (7.6): M_τ(H) is non-increasing in τ.
     assert np.all(np.diff(gaps) <= 1e-12), gaps
 
 

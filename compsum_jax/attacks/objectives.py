@@ -6,11 +6,11 @@ Every objective has the signature
 ignored), and larger values mean a stronger attack.
 
   ce             CE(z', y) = logsumexp(z') − z'_y
-  margin         max_{i≠y} z'_i − z'_y (minus the margin ρ of notes §5.1)
+  margin         max_{i≠y} z'_i − z'_y (minus the margin ρ of docs/math.md (4.2))
   kl             KL(softmax z ‖ softmax z') to the clean prediction (TRADES)
   dlr            −(z'_y − max_{i≠y} z'_i) / (z'_π1 − z'_π3 + 1e-12)
   dlr_targeted   −(z'_y − z'_t) / (z'_π1 − (z'_π3 + z'_π4)/2 + 1e-12)
-  smooth_comp_sum  ‖v‖₂ (safe), v = d − d_y·1, d = z' − z (notes §5.3/§7)
+  smooth_comp_sum  ‖v‖₂ (safe), v = d − d_y·1, d = z' − z (docs/math.md (10.4))
 
 π sorts the logits of one example in decreasing order. DLR and its targeted
 version are from Croce & Hein (2020), "Reliable evaluation of adversarial
@@ -52,7 +52,7 @@ def cross_entropy(logits_adv: jax.Array, labels: jax.Array,
 def negative_margin(logits_adv: jax.Array, labels: jax.Array,
                     logits_clean: jax.Array | None = None,
                     target_labels: jax.Array | None = None) -> jax.Array:
-  """max_{i≠y} z'_i − z'_y = −ρ(z', y) (notes §5.1); > 0 iff misclassified."""
+  """max_{i≠y} z'_i − z'_y = −ρ(z', y) (docs/math.md (4.2)); > 0 iff misclassified."""
   del logits_clean, target_labels
   return -losses.margin(logits_adv, labels)  # −(z_y − max_{i≠y} z_i)
 
@@ -122,9 +122,9 @@ def smooth_comp_sum_term(logits_adv: jax.Array, labels: jax.Array,
                          logits_clean: jax.Array | None = None,
                          target_labels: jax.Array | None = None, *,
                          norm_eps: float = SMOOTH_NORM_EPS) -> jax.Array:
-  """Smooth adversarial comp-sum term ‖Δ̄_h(x', y) − Δ̄_h(x, y)‖₂ (notes §5.3).
+  """Smooth adversarial comp-sum term ‖Δ̄_h(x', y) − Δ̄_h(x, y)‖₂ (docs/math.md (10.2)–(10.4)).
 
-  With d = z(x') − z(x) and v = d − d_y·1 (notes §7), returns the safe norm
+  With d = z(x') − z(x) and v = d − d_y·1 (docs/math.md (10.4)), returns the safe norm
   sqrt(Σ_i v_i² + norm_eps): equal to ‖v‖₂ up to norm_eps, with gradient
   v/sqrt(Σv² + norm_eps) that is 0 (not NaN) at v = 0. Since ‖v‖ has no
   gradient information at x' = x, attacks on it need a random start.

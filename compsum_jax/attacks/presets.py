@@ -22,7 +22,7 @@ choose attacks by name; :func:`build_attack` resolves the name here.
 | trades_eval | PGD-20, ε 0.031, step 0.003, CE, uniform start (TRADES evaluation) |
 | eps8_255 | PGD-10, ε 8/255, step 2/255, CE, uniform start |
 | pgd40_margin | PGD-40 on the margin driven by Adam, lr 0.1 ×0.1 at steps 20 and 30, ε 8/255: the early-stopping evaluator of Gowal et al. (2020) / Rice et al. (2020) |
-| adv_comp_sum_train | PGD-10, ε 8/255, step 2/255, the smooth comp-sum term (notes §5.4), uniform start, highest-term iterate |
+| adv_comp_sum_train | PGD-10, ε 8/255, step 2/255, the smooth comp-sum term (docs/math.md (10.4)–(10.6)), uniform start, highest-term iterate |
 | fgsm_8_255 | FGSM, ε 8/255 |
 | apgd_ce | APGD-CE, 100 steps, ε 8/255 |
 | apgd_dlr | APGD-DLR, 100 steps, ε 8/255 |

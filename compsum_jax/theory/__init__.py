@@ -1,4 +1,4 @@
-"""H-consistency theory of comp-sum losses, jitted and vmapped (notes §1, §3–§5.2).
+"""H-consistency theory of comp-sum losses, jitted and vmapped (docs/math.md (1.1)–(9.6)).
 
 Reference: Mao, Mohri & Zhong, "Cross-Entropy Loss Functions: Theoretical
 Analysis and Applications", ICML 2023 (arXiv 2304.07288).

@@ -1,6 +1,6 @@
 """Numerical helpers shared by the theory modules (private).
 
-The closed forms of T_τ (paper notes §3.1) and of C*_τ (§4.1) both have the
+The closed forms of T_τ (docs/math.md (6.2)) and of C*_τ (docs/math.md (5.1)) both have the
 shape (E_w[e^{θL}])^{…} with θ = a − 1 = (τ − 1)/(2 − τ), which is 0/0 at τ = 1.
 They are evaluated through the cumulant generating function K(θ) = log E_w e^{θL}
 divided by θ, g(θ) = K(θ)/θ, which is smooth in θ with g(0) = E_w[L]:

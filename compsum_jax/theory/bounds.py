@@ -1,7 +1,7 @@
 """H-consistency bound functions T_τ, Γ_τ = T_τ^{-1} and the adversarial constant.
 
-Reference: Mao, Mohri & Zhong, ICML 2023 (arXiv 2304.07288); paper notes §3.1,
-§3.2 and §5.2. For a symmetric complete family and every τ ≥ 0 the pointwise
+Reference: Mao, Mohri & Zhong, ICML 2023 (arXiv 2304.07288); docs/math.md
+(6.2), (6.7) and §9. For a symmetric complete family and every τ ≥ 0 the pointwise
 inequality T_τ(ΔC_{0-1}(h, x)) ≤ ΔC_τ(h, x) holds, hence (Jensen, Γ_τ concave)
 
   R_{0-1}(h) − R*_{0-1}(H) ≤ Γ_τ(R_τ(h) − R*_τ(H) + M_τ(H)) − M_{0-1}(H).
@@ -68,7 +68,7 @@ def _dtype(*xs) -> jnp.dtype:
 
 
 def _entropy_gap_two_point(t: jax.Array) -> jax.Array:
-  """T_1(t) = ((1+t)log(1+t) + (1−t)log(1−t))/2 (notes §3.1), series near 0."""
+  """T_1(t) = ((1+t)log(1+t) + (1−t)log(1−t))/2 (docs/math.md (6.2)–(6.3)), series near 0."""
   small = t < 0.1
   t_small = jnp.where(small, t, 0.0)
   t2 = t_small * t_small
@@ -255,7 +255,7 @@ def _transform_unchecked(t: jax.Array, tau: jax.Array,
 
 def transform(t: jax.Array | float, tau: jax.Array | float,
               num_classes: int | jax.Array) -> jax.Array:
-  """T_τ(t): the convex function with T_τ(ΔC_{0-1}) ≤ ΔC_τ (notes §3.1).
+  """T_τ(t): the convex function with T_τ(ΔC_{0-1}) ≤ ΔC_τ (docs/math.md (7.2)).
 
   Args:
     t: zero-one conditional regret(s) in [0, 1], any shape.
@@ -314,10 +314,10 @@ def _inverse_raw(s: jax.Array, tau: jax.Array,
                       bisected)
   numeric = jnp.where(saturated, 1.0, numeric)
   s_unit = jnp.minimum(s, 1.0)
-  # Γ_0(s) = sqrt(2s − s²) for s ≤ 1, else 1   (notes §3.2)
+  # Γ_0(s) = sqrt(2s − s²) for s ≤ 1, else 1   (docs/math.md (6.7))
   sum_exp = jnp.sqrt(jnp.maximum(s_unit * (2.0 - s_unit), 0.0))
   tau_ge2 = jnp.where(below_two, 2.0, tau)
-  # Γ_τ(s) = min(1, (τ−1)n^{τ−1}s) for τ ≥ 2   (notes §3.2)
+  # Γ_τ(s) = min(1, (τ−1)n^{τ−1}s) for τ ≥ 2   (docs/math.md (6.7))
   linear = jnp.minimum(
       1.0, (tau_ge2 - 1.0) * jnp.power(num_classes, tau_ge2 - 1.0) * s)
   out = jnp.where(tau == 0.0, sum_exp, numeric)
@@ -368,7 +368,7 @@ def _inverse_transform_unchecked(s: jax.Array, tau: jax.Array,
 
 def inverse_transform(s: jax.Array | float, tau: jax.Array | float,
                       num_classes: int | jax.Array) -> jax.Array:
-  """Γ_τ(s) = T_τ^{-1}(s), capped at 1 (notes §3.1–3.2).
+  """Γ_τ(s) = T_τ^{-1}(s), capped at 1 (docs/math.md (6.2)–(6.7)).
 
   Closed forms for τ = 0 (sqrt(2s − s²)) and τ ≥ 2 ((τ−1)n^{τ−1}s); elsewhere
   a 64-step bisection on log t (relative accuracy ~1e-15 in float64, jit- and
@@ -400,7 +400,7 @@ def zero_one_bound(surrogate_excess: jax.Array | float,
                    tau: jax.Array | float, num_classes: int | jax.Array,
                    surrogate_gap: jax.Array | float = 0.0,
                    zero_one_gap: jax.Array | float = 0.0) -> jax.Array:
-  """Right-hand side of the comp-sum H-consistency bound (notes §3.1).
+  """Right-hand side of the comp-sum H-consistency bound (docs/math.md (7.3)).
 
     R_{0-1}(h) − R*_{0-1}(H) ≤ Γ_τ(R_τ(h) − R*_τ(H) + M_τ(H)) − M_{0-1}(H)
 
@@ -426,7 +426,7 @@ def zero_one_bound(surrogate_excess: jax.Array | float,
 
 
 def adversarial_constant(tau: jax.Array | float) -> jax.Array:
-  """Φ^τ(1) = (2^{1−τ} − 1)/(1 − τ), log 2 at τ = 1 (notes §5.2).
+  """Φ^τ(1) = (2^{1−τ} − 1)/(1 − τ), log 2 at τ = 1 (docs/math.md (9.6)).
 
   The slope of the linear adversarial bound: ΔC_{ℓ̃τ,ρ} ≥ Φ^τ(1)·ΔC_{ℓγ}.
   """
@@ -439,7 +439,7 @@ def adversarial_zero_one_bound(surrogate_excess: jax.Array | float,
                                surrogate_gap: jax.Array | float = 0.0,
                                zero_one_gap: jax.Array | float = 0.0
                                ) -> jax.Array:
-  """Linear adversarial H-consistency bound (notes §5.2, RECONSTRUCTED).
+  """Linear adversarial H-consistency bound (docs/math.md (9.5), RECONSTRUCTED).
 
     R_{ℓγ}(h) − R*_{ℓγ}(H) ≤ (R_{ℓ̃}(h) − R*_{ℓ̃}(H) + M_{ℓ̃}(H))/Φ^τ(1)
                                 − M_{ℓγ}(H)

@@ -1,7 +1,7 @@
 """Numerical checks of the pointwise bound T_τ(ΔC_{0-1}) ≤ ΔC_τ and its tightness.
 
 * :func:`bound_slack`: ΔC_τ(h, x) − T_τ(ΔC_{0-1}(h, x)), ≥ 0 iff the bound
-  holds at (p, scores) (symmetric complete family, notes §3.1).
+  holds at (p, scores) (symmetric complete family, docs/math.md (7.2)).
 * :func:`random_pairs` / :func:`verify_bound`: the minimum slack over many
   random (p, scores) pairs, in one compiled call.
 * :func:`adversarial_slack_search`: multi-start gradient descent on the slack.
@@ -45,7 +45,7 @@ def _slack_unchecked(scores: jax.Array, probs: jax.Array,
 
 def bound_slack(scores: jax.Array, probs: jax.Array,
                 tau: jax.Array | float) -> jax.Array:
-  """ΔC_τ(h, x) − T_τ(ΔC_{0-1}(h, x)) for the complete family (notes §3.1).
+  """ΔC_τ(h, x) − T_τ(ΔC_{0-1}(h, x)) for the complete family (docs/math.md (7.2)).
 
   Args:
     scores: shape [..., n].
@@ -264,7 +264,7 @@ def tightness_curve(tau: float | jax.Array, num_classes: int,
                     ts: jax.Array, *, key: jax.Array | None = None,
                     num_starts: int = 24, num_steps: int = 300,
                     learning_rate: float = 0.1) -> jax.Array:
-  """T_τ(t)/inf{ΔC_τ(h, x) : ΔC_{0-1}(h, x) = t} for each t (notes §3.3).
+  """T_τ(t)/inf{ΔC_τ(h, x) : ΔC_{0-1}(h, x) = t} for each t (docs/math.md (8.1)–(8.5)).
 
   1 means tight; a ratio above 1 would be a counterexample to the bound. For
   each t, the scores are minimised exactly given p
@@ -341,7 +341,7 @@ def adversarial_slack_search(key: jax.Array, tau: float | jax.Array,
                              learning_rate: float = 0.1,
                              dtype: jnp.dtype = jnp.float32
                              ) -> AdversarialResult:
-  """Multi-start search for the smallest slack ΔC_τ − T_τ(ΔC_{0-1}) (§3.1).
+  """Multi-start search for the smallest slack ΔC_τ − T_τ(ΔC_{0-1}) (docs/math.md (7.2)).
 
   Searches (t, p) by Adam, t = σ(w) and p = :func:`constrained_probs`, with the
   scores minimised exactly for each p; the best pair's slack is then

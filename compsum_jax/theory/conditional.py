@@ -1,6 +1,6 @@
-"""Conditional risks of comp-sum and zero-one losses; complete-family C* (§1, §4.1).
+"""Conditional risks of comp-sum and zero-one losses; complete-family C* (docs/math.md (1.4)–(1.9), (5.1)).
 
-Notation (paper notes §1): for a distribution p over n classes at a point x and
+Notation (docs/math.md (1.4)–(1.9)): for a distribution p over n classes at a point x and
 a score vector h(x, ·) = scores,
 
   C_τ(h, x)  = Σ_y p_y ℓ_τ(h, x, y)                      (conditional risk)
@@ -21,7 +21,7 @@ from compsum_jax.theory import _inputs, _numerics
 
 def conditional_risk(scores: jax.Array, probs: jax.Array,
                      tau: jax.Array | float) -> jax.Array:
-  """C_τ(h, x) = Σ_y p_y ℓ_τ(h, x, y) (notes §1).
+  """C_τ(h, x) = Σ_y p_y ℓ_τ(h, x, y) (docs/math.md (1.4)–(1.5)).
 
   Args:
     scores: h(x, ·), shape [..., n].
@@ -41,7 +41,7 @@ def conditional_risk(scores: jax.Array, probs: jax.Array,
 
 def zero_one_conditional_regret(scores: jax.Array,
                                 probs: jax.Array) -> jax.Array:
-  """ΔC_{0-1}(h, x) = max_y p_y − p_{h(x)} for symmetric complete H (notes §1).
+  """ΔC_{0-1}(h, x) = max_y p_y − p_{h(x)} for symmetric complete H (docs/math.md (1.9)).
 
   h(x) = argmax_y scores_y with ties to the lowest index (``jnp.argmax``), the
   same tie-break as :func:`compsum_jax.losses.zero_one_loss`.
@@ -63,7 +63,7 @@ def zero_one_conditional_regret(scores: jax.Array,
 
 
 def zero_one_best_conditional_risk(probs: jax.Array) -> jax.Array:
-  """C*_{0-1}(H, x) = 1 − max_y p_y for symmetric complete H (notes §1)."""
+  """C*_{0-1}(H, x) = 1 − max_y p_y for symmetric complete H (docs/math.md (1.9))."""
   validation.check_probs(probs)
   probs = jnp.asarray(probs, validation.compute_dtype(probs))
   return 1.0 - jnp.max(probs, axis=-1)
@@ -72,7 +72,7 @@ def zero_one_best_conditional_risk(probs: jax.Array) -> jax.Array:
 @jax.jit
 def complete_best_conditional_risk_unchecked(probs: jax.Array,
                                              tau: jax.Array) -> jax.Array:
-  """C*_τ(H_all, x) of notes §4.1, no input checks (probs [..., n], τ [...]).
+  """C*_τ(H_all, x) of docs/math.md (5.1), no input checks (probs [..., n], τ [...]).
 
   With a = 1/(2−τ), θ = a − 1 and g(θ) = log(Σ_y p_y^a)/θ (= −entropy at θ = 0),
   (Σ p^a)^{2−τ} = exp((τ−1)g), so for τ < 2
@@ -91,17 +91,17 @@ def complete_best_conditional_risk_unchecked(probs: jax.Array,
   cumulants, spread = _numerics.weighted_log_cumulants(log_probs, probs)
   theta = (tau_lt2 - 1.0) / (2.0 - tau_lt2)
   g = _numerics.cgf_over_theta(theta, log_probs, probs, cumulants, spread)
-  # C* = ((Σ p^a)^{2−τ} − 1)/(1 − τ) = −g φ((τ−1)g)   (notes §4.1)
+  # C* = ((Σ p^a)^{2−τ} − 1)/(1 − τ) = −g φ((τ−1)g)   (docs/math.md (5.1))
   smooth = -g * _numerics.expm1_ratio((tau_lt2 - 1.0) * g)
   tau_ge2 = jnp.where(below_two, 2.0, tau)
-  # C* = (1 − max_y p_y)/(τ − 1) for τ ≥ 2   (notes §4.1)
+  # C* = (1 − max_y p_y)/(τ − 1) for τ ≥ 2   (docs/math.md (5.1))
   linear = (1.0 - jnp.max(probs, axis=-1)) / (tau_ge2 - 1.0)
   return jnp.where(below_two, smooth, linear)
 
 
 def complete_best_conditional_risk(probs: jax.Array,
                                    tau: jax.Array | float) -> jax.Array:
-  """C*_τ(H, x) for a symmetric complete family (closed form, notes §4.1).
+  """C*_τ(H, x) for a symmetric complete family (closed form, docs/math.md (5.1)).
 
   Attained (or approached, τ ≥ 2) by softmax(scores) ∝ p^{1/(2−τ)}.
 

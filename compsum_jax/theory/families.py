@@ -14,9 +14,9 @@ over p and τ. The interface every family implements:
 Families here:
 
 * :class:`CompleteFamily`: symmetric complete H (every score vector); C* has
-  the closed form of paper notes §4.1.
-* :class:`ScoreBoundedFamily`: scores at x range over [−Λ, Λ]^n (notes §3.4,
-  §4.2). C* is computed *exactly* by :func:`solve_score_bounded`.
+  the closed form of docs/math.md (5.1).
+* :class:`ScoreBoundedFamily`: scores at x range over [−Λ, Λ]^n (docs/math.md
+  (5.6), (5.11)). C* is computed *exactly* by :func:`solve_score_bounded`.
 * :class:`L2BallFamily`: scores in an ℓ2 ball (linear scorers with a norm
   bound); an example of a family added through ``project_scores`` only.
 
@@ -81,11 +81,11 @@ class HypothesisFamily(Protocol):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class CompleteFamily:
-  """Symmetric complete family: every score vector is reachable (notes §1)."""
+  """Symmetric complete family: every score vector is reachable (docs/math.md (1.8))."""
 
   def best_conditional_risk(self, probs: jax.Array,
                             tau: jax.Array) -> jax.Array:
-    """Closed form of notes §4.1 (see ``complete_best_conditional_risk``)."""
+    """Closed form of docs/math.md (5.1) (see ``complete_best_conditional_risk``)."""
     return conditional.complete_best_conditional_risk_unchecked(probs, tau)
 
   def project_scores(self, scores: jax.Array) -> jax.Array:
@@ -95,7 +95,7 @@ class CompleteFamily:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class ScoreBoundedFamily:
-  """Scores at x range over [−Λ, Λ]^n (notes §3.4, §4.2).
+  """Scores at x range over [−Λ, Λ]^n (docs/math.md (5.6), (5.11)).
 
   Attributes:
     score_bound: Λ > 0, a float or (traced) array; a pytree leaf, so

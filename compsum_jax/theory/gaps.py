@@ -1,11 +1,11 @@
-"""Minimizability gaps and both sides of the H-consistency bound (§1, §3.1, §4).
+"""Minimizability gaps and both sides of the H-consistency bound (docs/math.md (1.4)–(1.9), (7.4), (5.1)–(5.12)).
 
 For a distribution given by samples x_1..x_m with known posteriors p(·|x_i)
 (rows of ``probs``, shape [m, n]) and optional sample weights:
 
   E_x[C*_τ(H, x)]                          pointwise best risk
-  M_τ(H) = R*_τ(H) − E_x[C*_τ(H, x)] ≥ 0    minimizability gap (notes §1)
-  M_τ(H_Λ) = R*_τ(H_Λ) − Φ^τ((n−1)e^{−2Λ})  deterministic labels (notes §4.2)
+  M_τ(H) = R*_τ(H) − E_x[C*_τ(H, x)] ≥ 0    minimizability gap (docs/math.md (1.6))
+  M_τ(H_Λ) = R*_τ(H_Λ) − Φ^τ((n−1)e^{−2Λ})  deterministic labels (docs/math.md (7.5))
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def pointwise_best_risk(probs: jax.Array, tau: jax.Array | float,
                         score_bound: jax.Array | float | None = None, *,
                         family: Any = None,
                         weights: jax.Array | None = None) -> jax.Array:
-  """E_x[C*_τ(H, x)] over samples (notes §1).
+  """E_x[C*_τ(H, x)] over samples (docs/math.md (1.6)).
 
   Args:
     probs: posteriors p(·|x_i), shape [m, n].
@@ -54,7 +54,7 @@ def minimizability_gap(best_in_class_risk: jax.Array | float,
                        score_bound: jax.Array | float | None = None, *,
                        family: Any = None,
                        weights: jax.Array | None = None) -> jax.Array:
-  """M_τ(H) = R*_τ(H) − E_x[C*_τ(H, x)] (notes §1).
+  """M_τ(H) = R*_τ(H) − E_x[C*_τ(H, x)] (docs/math.md (1.6)).
 
   Args:
     best_in_class_risk: R*_τ(H) = inf_{h∈H} R_τ(h) (computed by the caller,
@@ -78,7 +78,7 @@ def zero_one_minimizability_gap(best_in_class_risk: jax.Array | float,
                                 probs: jax.Array,
                                 weights: jax.Array | None = None
                                 ) -> jax.Array:
-  """M_{0-1}(H) = R*_{0-1}(H) − E_x[1 − max_y p(y|x)] (notes §1, symmetric H)."""
+  """M_{0-1}(H) = R*_{0-1}(H) − E_x[1 − max_y p(y|x)] (docs/math.md (1.9), symmetric H)."""
   return best_in_class_risk - _mean(
       conditional.zero_one_best_conditional_risk(probs), weights)
 
@@ -87,7 +87,7 @@ def deterministic_best_conditional_risk(tau: jax.Array | float,
                                         num_classes: int | jax.Array,
                                         score_bound: jax.Array | float
                                         ) -> jax.Array:
-  """C*_τ(H_Λ, x) = Φ^τ((n−1)e^{−2Λ}) for a deterministic p (notes §4.2).
+  """C*_τ(H_Λ, x) = Φ^τ((n−1)e^{−2Λ}) for a deterministic p (docs/math.md (5.11)).
 
   Args:
     tau: τ ≥ 0.
@@ -102,7 +102,7 @@ def deterministic_best_conditional_risk(tau: jax.Array | float,
   _inputs.check_score_bound(score_bound)
   bound = jnp.asarray(score_bound, validation.compute_dtype(
       jnp.asarray(score_bound)))
-  # C* = Φ^τ((n − 1)e^{−2Λ})   (notes §4.2)
+  # C* = Φ^τ((n − 1)e^{−2Λ})   (docs/math.md (5.11))
   return phi_tau((num_classes - 1) * jnp.exp(-2.0 * bound), tau)
 
 
@@ -111,7 +111,7 @@ def deterministic_minimizability_gap(best_in_class_risk: jax.Array | float,
                                      num_classes: int | jax.Array,
                                      score_bound: jax.Array | float
                                      ) -> jax.Array:
-  """M_τ(H_Λ) = R*_τ(H_Λ) − Φ^τ((n−1)e^{−2Λ}), deterministic labels (§4.2)."""
+  """M_τ(H_Λ) = R*_τ(H_Λ) − Φ^τ((n−1)e^{−2Λ}), deterministic labels (docs/math.md (7.5))."""
   return best_in_class_risk - deterministic_best_conditional_risk(
       tau, num_classes, score_bound)
 
@@ -179,7 +179,7 @@ def constant_score_zero_one_bound(surrogate_excess: jax.Array | float,
 
 
 class BoundSides(NamedTuple):
-  """Both sides of the H-consistency bound for one hypothesis (notes §3.1).
+  """Both sides of the H-consistency bound for one hypothesis (docs/math.md (7.4)).
 
   Attributes:
     zero_one_excess: left side R_{0-1}(h) − R*_{0-1}(H).
@@ -203,13 +203,13 @@ def consistency_bound_sides(scores: jax.Array, probs: jax.Array,
                             zero_one_best_risk: jax.Array | float | None =
                             None,
                             weights: jax.Array | None = None) -> BoundSides:
-  """Both sides of the comp-sum H-consistency bound (notes §3.1).
+  """Both sides of the comp-sum H-consistency bound (docs/math.md (7.4)).
 
   For a symmetric complete family H and a hypothesis h given by its scores on
   samples x_i with known posteriors. Risks are exact expectations over y given
   each x_i (no label sampling): R_τ(h) = E_x C_τ(h, x), R_{0-1}(h) =
   E_x[1 − p_{h(x)}]. The surrogate argument of Γ_τ is computed as
-  E_x[ΔC_τ(h, x)] = R_τ(h) − R*_τ(H) + M_τ(H), the identity of notes §1.
+  E_x[ΔC_τ(h, x)] = R_τ(h) − R*_τ(H) + M_τ(H), the identity of docs/math.md (1.7).
 
   Args:
     scores: h(x_i, ·), shape [m, n].

@@ -1,4 +1,4 @@
-"""Best conditional risk and conditional regret for any hypothesis family (§1)."""
+"""Best conditional risk and conditional regret for any hypothesis family (docs/math.md (1.5))."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from compsum_jax.theory import _inputs, conditional, families
 def best_conditional_risk(probs: jax.Array, tau: jax.Array | float,
                           score_bound: jax.Array | float | None = None, *,
                           family: Any = None) -> jax.Array:
-  """C*_τ(H, x) = inf_{h ∈ H} Σ_y p_y ℓ_τ(h, x, y) (notes §1, §4).
+  """C*_τ(H, x) = inf_{h ∈ H} Σ_y p_y ℓ_τ(h, x, y) (docs/math.md (1.4)–(1.5), (5.1)–(5.12)).
 
   ``score_bound=None`` (default) is the symmetric complete family (closed
-  forms of notes §4.1); a finite Λ is the family whose scores at x range over
+  forms of docs/math.md (5.1)); a finite Λ is the family whose scores at x range over
   [−Λ, Λ]^n (exact solve, see :mod:`compsum_jax.theory.families`; use
   :func:`~compsum_jax.theory.families.solve_score_bounded` for the minimiser
   and its certificate). Any other family is passed as ``family=``. All
@@ -50,7 +50,7 @@ def conditional_regret(scores: jax.Array, probs: jax.Array,
                        tau: jax.Array | float,
                        score_bound: jax.Array | float | None = None, *,
                        family: Any = None) -> jax.Array:
-  """ΔC_τ(h, x) = C_τ(h, x) − C*_τ(H, x) ≥ 0 (notes §1).
+  """ΔC_τ(h, x) = C_τ(h, x) − C*_τ(H, x) ≥ 0 (docs/math.md (1.5)).
 
   Args:
     scores: h(x, ·), shape [..., n] (should lie in the family).

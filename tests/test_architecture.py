@@ -71,10 +71,13 @@ def test_configs_hold_primitives_only():
 # `experiments`; everything else uses the library.
 EXPERIMENT_CLIENTS = {
     "benchmarks/loss_comparison.py",
+    "benchmarks/plan_calibration.py",
     "benchmarks/smooth_weight_threshold.py",
     "tests/experiments_mesh_script.py",
     "tests/test_adversarial_experiment.py",
     "tests/test_cli.py",
+    "tests/test_dataset_path_end_to_end.py",
+    "tests/test_experiments_planning.py",
     "tests/test_loss_comparison.py",
     "tests/test_training_distributed.py",
 }

@@ -110,15 +110,16 @@ def main() -> None:
   for label, config, kind, stacked in cases():
     shape = exp_planning.dataset_shape(config)
     ds = exp_planning.abstract_dataset(config, shape)
-    total = (shape.num_train // int(config.batch_size)) * int(
-        config.num_epochs)
     if kind == "lc":
       k = len(config.taus) * int(config.num_seeds)
       _, step, _, state = exp_planning._loss_comparison_programs(  # pylint: disable=protected-access
-          config, ds, total, k, stacked=stacked)
+          config, ds, k, stacked=stacked)
     else:
-      _, step, _, state = exp_planning._adversarial_programs(  # pylint: disable=protected-access
-          config, ds, total, kind)
+      experiment = exp_planning._adversarial_experiment(config, ds)  # pylint: disable=protected-access
+      run = next(r for r in exp_planning._adversarial_runs(config)  # pylint: disable=protected-access
+                 if r.method == kind)
+      step, _, state = exp_planning._adversarial_programs(  # pylint: disable=protected-access
+          experiment, run)
     batch = _batch(shape, int(config.batch_size), rng)
     flops = planning.matmul_flops(step, state, batch).flops
     predicted = flops / peak

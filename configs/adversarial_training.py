@@ -90,6 +90,15 @@ Fields (primitives only):
     (() for none); cascade_overrides: keyword overrides, each applied to the
     members that accept it (``num_steps`` to APGD, ``num_queries`` to
     Square, ...), as in ``compsum_jax.attacks.robust_accuracy``.
+  nu_threshold.enabled / .num_steps / .num_examples: at every evaluation of
+    an ADV-COMP-SUM run, ν*(h) = n^{1−τ}·E[z_y − mean z] / E[sup ‖v‖₂]
+    (``compsum_jax.training.smooth_weight``; above it the constant classifier
+    beats every rescaling of h) on the first num_examples validation examples
+    (None: all), the sup by PGD on the smooth term with the training attack's
+    ε, norm and step size and num_steps steps (None: the training attack's,
+    at least 10); logged with the evaluation metrics and in final.json's
+    'nu_threshold_history', with a warning when ν ≥ ν*(h). enabled=False
+    turns it off (it changes no training number).
   data_seed: seed of the data (validation hold-out, batch order), shared by
     every run so that all methods see the same data.
   label_noise.kind / .rate: training-label noise (rate 0: none).
@@ -147,6 +156,11 @@ def _base() -> ml_collections.ConfigDict:
   # AutoAttack 'standard': the members of the attack preset 'aa_standard'.
   c.cascade = ("apgd_ce", "apgd_t", "fab_t", "square")
   c.cascade_overrides = ml_collections.ConfigDict()
+  # ν*(h) of ADV-COMP-SUM runs at every evaluation, with a warning when the
+  # configured ν exceeds it (see the module doc).
+  c.nu_threshold = ml_collections.ConfigDict({
+      "enabled": True, "num_steps": config_dict.placeholder(int),
+      "num_examples": config_dict.placeholder(int)})
   c.seeds = (0,)
   c.batch_size = 128
   c.eval_batch_size = 256
@@ -222,6 +236,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.cascade = ("apgd_ce", "square")
     c.cascade_overrides = ml_collections.ConfigDict({
         "num_steps": 5, "num_queries": 20})
+    c.nu_threshold.num_steps = 5
+    c.nu_threshold.num_examples = 64
     c.progress = False
     c.tensorboard = False
   elif name == "mnist":

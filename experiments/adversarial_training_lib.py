@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -45,7 +46,7 @@ import optax
 
 from compsum_jax import attacks, data, training
 from compsum_jax.attacks import threat_model
-from compsum_jax.training import adversarial
+from compsum_jax.training import adversarial, smooth_weight
 from compsum_jax.training import metrics as metrics_lib
 from experiments import adversarial_training_report as report
 from experiments import common, run_outcome
@@ -53,8 +54,9 @@ from experiments import common, run_outcome
 RESULTS_JSON = report.RESULTS_JSON
 RUN_RESULT = "final.json"
 # Config fields that change no run's numbers, besides
-# common.BOOKKEEPING_FIELDS.
-BOOKKEEPING_FIELDS = ("cpu_devices",)
+# common.BOOKKEEPING_FIELDS (the ν*(h) diagnostic only evaluates, with its
+# own keys: training and test numbers are the same with it on or off).
+BOOKKEEPING_FIELDS = ("cpu_devices", "nu_threshold")
 # Fields that only select which runs exist (each run's own method, τ and seed
 # are in its identity).
 RUN_SELECTION_FIELDS = ("methods", "seeds")
@@ -130,6 +132,7 @@ def check_config(config: Any) -> None:
     if name not in attacks.PRESETS or attacks.is_cascade(name):
       raise ValueError(f"config.cascade entries must be single-attack presets "
                        f"of {sorted(attacks.PRESETS)}, got {name!r}")
+  check_nu_threshold_config(config)
 
 
 validate_config = check_config  # the name the binaries use
@@ -421,12 +424,12 @@ def train_and_evaluate(experiment: Experiment, run: PlannedRun, workdir: str,
   eval_batch_size = int(config.eval_batch_size)
 
   def evaluate_fn(state, epochs_done):
-    del epochs_done
     out = training.evaluate(val_step, state,
                             data.eval_batches(ds.validation, eval_batch_size),
                             mesh=mesh, rng=run.seed + 1)
     return {"val_accuracy": float(out["correct"]),
-            "val_robust_accuracy": float(out["robust_val"])}
+            "val_robust_accuracy": float(out["robust_val"]),
+            **nu_threshold_metrics(experiment, run, state, epochs_done)}
 
   # The run's identity for resuming (bookkeeping switches may change).
   run_config = identity
@@ -461,6 +464,7 @@ def train_and_evaluate(experiment: Experiment, run: PlannedRun, workdir: str,
   record.update(best_step=best_step, best_epoch=meta.get("epoch"),
                 final_step=result.step, val=meta.get("metrics") or {},
                 final_metrics=result.final_metrics)
+  record.update(nu_threshold_record(config, run, workdir))
   record.update(evaluate_test(experiment, best_state, run.seed))
   common.write_json(final_path, record)
   return record
@@ -510,6 +514,133 @@ def evaluate_test(experiment: Experiment, state: training.TrainState,
     record["cascade_attack_configuration"] = cascade.attack_configuration
   record["test_eval_seconds"] = time.perf_counter() - start
   return record
+
+
+# --- ν*(h) at every evaluation of ADV-COMP-SUM runs ---------------------------
+# ν*(h) = n^{1−τ}·E[z_y − mean z] / E[sup_{x'} ‖v(x, x')‖₂]: above it the
+# constant classifier beats every rescaling of h (compsum_jax.training.
+# smooth_weight). Estimated on the validation split with its own PRNG key
+# (seed + 5), so it changes nothing the training computes.
+
+# Methods whose outer loss has the smooth term weighted by hparam 'nu'.
+NU_THRESHOLD_METHODS = ("adv_comp_sum",)
+NU_THRESHOLD_FIELDS = ("nu_threshold", "mean_label_gap",
+                       "mean_sup_smooth_term")
+# PGD steps of the estimate when config.nu_threshold.num_steps is None: the
+# training attack's, and at least this many.
+NU_THRESHOLD_MIN_STEPS = 10
+
+
+class NuAboveThresholdWarning(UserWarning):
+  """The configured ν of an ADV-COMP-SUM run is at or above ν*(h)."""
+
+
+def check_nu_threshold_config(config: Any) -> None:
+  """Checks ``config.nu_threshold`` (absent: the diagnostic's defaults)."""
+  if common.optional_value(config, "nu_threshold") is None:
+    return
+  enabled = common.config_value(config, "nu_threshold.enabled")
+  if not isinstance(enabled, bool):
+    raise ValueError(f"config.nu_threshold.enabled must be True or False, "
+                     f"got config.nu_threshold.enabled={enabled!r}")
+  for field in ("num_steps", "num_examples"):
+    common.check_int(config, f"nu_threshold.{field}", low=1, optional=True)
+
+
+def _nu_threshold_settings(config: Any) -> dict[str, Any] | None:
+  """``config.nu_threshold`` as a dict (defaults if absent); None: off."""
+  section = common.optional_value(config, "nu_threshold")
+  settings = {"enabled": True, "num_steps": None, "num_examples": None}
+  settings.update({} if section is None else _as_dict(section))
+  return settings if settings["enabled"] else None
+
+
+def _eval_apply_fn(experiment: Experiment
+                   ) -> Callable[[Any, jax.Array], jax.Array]:
+  """``(variables = (params, batch_stats), x) → logits`` in evaluation mode,
+  one function per Experiment: the compiled PGD of the estimate is cached on
+  its identity, so every evaluation of every run reuses one program."""
+
+  def build():
+    model = experiment.model
+
+    def apply_eval(variables, x):
+      params, batch_stats = variables
+      return training.apply_model(model, params, batch_stats, x,
+                                  train=False)[0]
+
+    return apply_eval
+
+  return experiment.steps.get(("nu_threshold_apply",), build)
+
+
+def nu_threshold_metrics(experiment: Experiment, run: PlannedRun,
+                         state: training.TrainState, epochs_done: int
+                         ) -> dict[str, float]:
+  """ν*(h) of the evaluated parameters (EMA if used) on the validation split.
+
+  Only for :data:`NU_THRESHOLD_METHODS` with ``config.nu_threshold.enabled``
+  (else {}). The sup of the smooth term is PGD's with the training attack's
+  ε, norm and step size, ``config.nu_threshold.num_steps`` steps (None: the
+  training attack's, at least :data:`NU_THRESHOLD_MIN_STEPS`), one restart,
+  on the first ``num_examples`` validation examples (None: all). Warns
+  (:class:`NuAboveThresholdWarning`) when the run's ν ≥ ν*(h).
+
+  Returns:
+    {'nu_threshold': ν*(h), 'mean_label_gap': E[z_y − mean z],
+    'mean_sup_smooth_term': E[sup ‖v‖₂]}.
+  """
+  config = experiment.config
+  settings = _nu_threshold_settings(config)
+  if settings is None or run.method not in NU_THRESHOLD_METHODS:
+    return {}
+  hparams = run_hparams(config, run)
+  attack = attacks.presets.resolve(
+      adversarial.get_method(run.method).train_attack,
+      **train_attack_overrides(config, run.method))
+  num_steps = settings["num_steps"] or max(int(attack["num_steps"]),
+                                           NU_THRESHOLD_MIN_STEPS)
+  split = experiment.dataset.validation
+  limit = settings["num_examples"] or split.num_examples
+  params = state.ema_params if experiment.use_ema else state.params
+  diagnostic = smooth_weight.smooth_term_weight_threshold(
+      _eval_apply_fn(experiment),
+      data.to_float_images(split.images[:limit]), split.labels[:limit],
+      jax.random.fold_in(jax.random.key(run.seed + 5), epochs_done),
+      tau=hparams["tau"], eps=float(attack["eps"]),
+      norm=attack.get("norm", "linf"), step_size=float(attack["step_size"]),
+      num_steps=int(num_steps), num_restarts=1,
+      batch_size=int(config.eval_batch_size),
+      variables=(params, state.batch_stats))
+  if hparams["nu"] >= diagnostic.nu_threshold:
+    warnings.warn(
+        f"{run_name(*run)}, epoch {epochs_done}: configured nu="
+        f"{hparams['nu']:g} exceeds nu*(h)={diagnostic.nu_threshold:.4g} "
+        f"(tau={hparams['tau']:g}): heading for the constant classifier",
+        NuAboveThresholdWarning, stacklevel=2)
+  return {"nu_threshold": diagnostic.nu_threshold,
+          "mean_label_gap": diagnostic.mean_label_gap,
+          "mean_sup_smooth_term": diagnostic.mean_sup_smooth_term}
+
+
+def nu_threshold_record(config: Any, run: PlannedRun, workdir: str
+                        ) -> dict[str, Any]:
+  """final.json's ν*(h) fields: {} when the diagnostic is off, else 'nu'
+  and 'nu_threshold_history' ({epoch, step, nu_threshold, mean_label_gap,
+  mean_sup_smooth_term, nu_exceeds_threshold} per evaluation, from the
+  run's metrics.jsonl)."""
+  if (_nu_threshold_settings(config) is None
+      or run.method not in NU_THRESHOLD_METHODS):
+    return {}
+  nu = run_hparams(config, run)["nu"]
+  history = []
+  for r in training.read_metrics(workdir):
+    if r.get("split") == "eval" and "nu_threshold" in r:
+      entry = {k: r[k] for k in ("epoch", "step", *NU_THRESHOLD_FIELDS)}
+      # Non-finite values are stored as strings ("inf"); float() reads them.
+      entry["nu_exceeds_threshold"] = nu >= float(r["nu_threshold"])
+      history.append(entry)
+  return {"nu": nu, "nu_threshold_history": history}
 
 
 # --- the experiment -----------------------------------------------------------

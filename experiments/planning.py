@@ -33,9 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from compsum_jax import attacks, training
 from compsum_jax import data as data_lib
-from compsum_jax import training
-from compsum_jax.training import planning
+from compsum_jax.attacks import objectives as attack_objectives
+from compsum_jax.training import adversarial, planning
 from experiments import common
 
 PLAN_JSON = "plan.json"
@@ -92,18 +93,25 @@ def dataset_shape(config: Any) -> DatasetShape:
 
 
 def abstract_dataset(config: Any, shape: DatasetShape) -> data_lib.Dataset:
-  """A Dataset with no examples, for the builders that read its metadata.
+  """A Dataset of the right sizes holding no data, for the builders.
 
-  The normalisation statistics are placeholders (0.5, 0.25): they change no
-  shape and no cost.
+  Its splits are zero-stride views of one zero (``np.broadcast_to``: the
+  sizes the builders read, e.g. ``train.num_examples`` for the steps per
+  epoch, and no memory). The normalisation statistics are placeholders
+  (0.5, 0.25): they change no shape and no cost.
   """
   channels = shape.input_shape[-1]
-  empty = data_lib.ArraySplit(np.zeros((0, *shape.input_shape), np.float32),
-                              np.zeros((0,), np.int32))
+
+  def split(num_examples: int) -> data_lib.ArraySplit:
+    return data_lib.ArraySplit(
+        np.broadcast_to(np.float32(0), (num_examples, *shape.input_shape)),
+        np.broadcast_to(np.int32(0), (num_examples,)))
+
   return data_lib.Dataset(
       name=common.dataset_name(config), num_classes=shape.num_classes,
-      input_shape=shape.input_shape, train=empty, validation=None, test=empty,
-      augment=shape.augment, posterior_fn=None,
+      input_shape=shape.input_shape, train=split(shape.num_train),
+      validation=None, test=split(shape.num_test), augment=shape.augment,
+      posterior_fn=None,
       meta={"mean": (0.5,) * channels, "std": (0.25,) * channels})
 
 
@@ -147,99 +155,151 @@ def _compile(name: str, fn: Any, args: Sequence[Any], *, num_members: int,
   return Program(name, cost, matmul, num_members, batch_size, calls_per_run)
 
 
-# --- the experiments' builders (coupling to today's experiment modules) ------
-# Re-point these few lines when experiments/ is restructured (lib.run, the
-# adversarial method registry): they are the only places that know how each
-# experiment assembles its objective and its steps.
+# --- the experiments' builders (coupling to the experiment modules) ----------
+# The only places that know how each experiment assembles its objective and
+# its steps: the loss comparison's Sweep, and the adversarial Experiment with
+# the method registry (compsum_jax.training.adversarial).
+
+# Forward-pass equivalents (pass model): a training pass (forward, backward
+# for the parameters and the inputs' activations) costs 3 F; an attack step
+# (forward, backward for the input only) 2 F; a forward pass alone 1 F.
+TRAINING_PASS = 3.0
+ATTACK_STEP = 2.0
+FORWARD_PASS = 1.0
 
 
 def _loss_comparison_programs(config: Any, ds: data_lib.Dataset,
-                              total_steps: int, num_members: int,
-                              stacked: bool):
-  """(train step, eval step, abstract state) of the loss comparison."""
+                              num_members: int, stacked: bool):
+  """(model, train step, eval step, abstract state) of the loss comparison.
+
+  The pieces are the experiment's own (``loss_comparison_lib.build_sweep``
+  on the abstract dataset); the bound check runs on the host from the
+  logits, so the plan builds the sweep without it.
+  """
   from experiments import loss_comparison_lib as lib  # pylint: disable=g-import-not-at-top
 
-  lib.validate_config(config)
-  model = common.build_model(config, ds)
-  optimizer, _ = common.build_optimizer(config, total_steps)
-  members = common.member_grid({"tau": lib.config_taus(config)},
-                               int(config.num_seeds), int(config.seed))
-  members = members[:num_members] if stacked else members[:1]
+  config = config.copy_and_resolve_references()
+  config.bound_check = False  # host-side, needs the posteriors (no data)
+  sweep = lib.build_sweep(config, ds)
+  members = sweep.members[:num_members] if stacked else sweep.members[:1]
   k = num_members if stacked else None
   train_step = training.make_train_step(
-      common.make_objective(model, "comp_sum"), optimizer,
-      augment_fn=common.make_augment_fn(config, ds), num_members=k)
+      sweep.objective, sweep.optimizer, augment_fn=sweep.augment_fn,
+      num_members=k)
   eval_step = training.make_eval_step(
-      training.classification_eval_fn(model), num_members=k)
+      training.classification_eval_fn(sweep.model), num_members=k)
   state = jax.eval_shape(lambda: common.init_states(
-      model, optimizer, members, ds.input_shape, stacked=stacked))
-  return model, train_step, eval_step, state
+      sweep.model, sweep.optimizer, members, ds.input_shape,
+      stacked=stacked))
+  return sweep.model, train_step, eval_step, state
 
 
-def _adversarial_programs(config: Any, ds: data_lib.Dataset,
-                          total_steps: int, method: str):
-  """(train step, validation eval step, abstract state) of one method."""
+def _adversarial_experiment(config: Any, ds: data_lib.Dataset):
+  """The adversarial ``Experiment`` of ``config`` on the abstract dataset.
+
+  Built field by field as ``Experiment.create`` does, without loading data
+  and without a mesh (the plan is per device).
+  """
   from experiments import adversarial_training_lib as lib  # pylint: disable=g-import-not-at-top
 
   lib.check_config(config)
-  model = common.build_model(config, ds)
-  opt_config = dict(config.optimizer.to_dict())
-  optimizer = training.make_optimizer(opt_config, total_steps)
-  ema_decay = float(config.ema_decay)
-  objective = lib.make_objective(model, method,
-                                 lib.train_attack_overrides(method, config))
-  train_step = training.make_train_step(
-      objective, optimizer, ema_decay=ema_decay,
-      augment_fn=common.make_augment_fn(config, ds))
-  eval_step = training.make_eval_step(
-      lib.make_robust_eval_fn(model, {"val": lib.build_eval_attack(
-          config.validation_attack)}), use_ema=ema_decay > 0)
-  tau = (float(config.adv_comp_sum.taus[0]) if method == "adv_comp_sum"
-         else None)
+  plan = common.build_optimizer(config, ds.train.num_examples)
+  return lib.Experiment(
+      config=config, dataset=ds, model=common.build_model(config, ds),
+      mesh=None, steps_per_epoch=plan.steps_per_epoch,
+      total_steps=plan.total_steps, optimizer=plan.optimizer,
+      schedule=plan.schedule, augment_fn=common.make_augment_fn(config, ds),
+      steps=common.StepCache())
+
+
+def _adversarial_programs(experiment: Any, run: Any):
+  """(train step, validation eval step, abstract state) of one planned run."""
+  from experiments import adversarial_training_lib as lib  # pylint: disable=g-import-not-at-top
+
+  config = experiment.config
+  train_step = experiment.train_step(
+      run.method, lib.train_attack_overrides(config, run.method))
+  eval_step = experiment.eval_step({"val": config.validation_attack})
   state = jax.eval_shape(lambda: training.init_train_state(
-      model, optimizer, rng=0, input_shape=ds.input_shape,
-      hparams=lib.method_hparams(method, config, tau), ema=ema_decay > 0))
-  return model, train_step, eval_step, state
+      experiment.model, experiment.optimizer, rng=0,
+      input_shape=experiment.dataset.input_shape,
+      hparams=lib.run_hparams(config, run), ema=experiment.use_ema))
+  return train_step, eval_step, state
 
 
-def _adversarial_runs(config: Any) -> list[tuple[str, float | None, int]]:
+def _adversarial_runs(config: Any) -> list[Any]:
+  """The planned runs (method, τ, seed) of the adversarial config."""
   from experiments import adversarial_training_lib as lib  # pylint: disable=g-import-not-at-top
 
   return lib.runs_of(config)
 
 
-def _attack_steps(config: Any, method: str) -> int:
+def train_attack_config(config: Any, method: str) -> dict[str, Any] | None:
+  """The resolved training attack of ``method`` under ``config`` (None: the
+  method has no attack): the registry's preset with the run's overrides."""
   from experiments import adversarial_training_lib as lib  # pylint: disable=g-import-not-at-top
 
-  if method == "standard":
+  entry = adversarial.get_method(method)
+  if entry.train_attack is None:
+    return None
+  return attacks.presets.resolve(
+      entry.train_attack, **lib.train_attack_overrides(config, method))
+
+
+def attack_steps(attack: Mapping[str, Any] | None) -> int:
+  """Gradient steps of a resolved training attack (all restarts; 0: none).
+
+  PGD/APGD: num_steps × num_restarts; FGSM: 1.
+  """
+  if attack is None:
     return 0
-  # Every preset sets train_attack.num_steps (both TRADES recipes keep it).
-  attack = lib.train_attack_overrides(method, config)
-  if attack.get("num_steps") is None:
-    raise ValueError(f"config.train_attack.num_steps is needed to plan "
-                     f"method {method!r}")
-  return int(attack["num_steps"])
+  kind = attack.get("attack")
+  if kind == "fgsm":
+    return 1
+  if kind in ("pgd", "apgd") and attack.get("num_steps") is not None:
+    return int(attack["num_steps"]) * int(attack.get("num_restarts", 1))
+  raise ValueError(f"cannot count the gradient steps of training attack "
+                   f"{attack!r}: expected a 'pgd' or 'apgd' attack with "
+                   f"num_steps, or 'fgsm'")
 
 # --- end of the coupling ------------------------------------------------------
 
 
-def forward_passes(method: str, attack_steps: int) -> float:
+def forward_passes(method: str, attack_steps: int,
+                   attack_loss: str | None = None) -> float:
   """Forward-pass equivalents per example of one train step (pass model).
 
-  A training pass (forward + backward for parameters and inputs) costs 3 F;
-  an attack step (forward + backward for the input only) 2 F.
+  From the method's registry entry (``compsum_jax.training.adversarial``):
 
-    standard:            3
-    pgd_at:              2·S + 3            (S attack steps, one training pass)
-    trades/adv_comp_sum: 1 + 2·S + 2·3      (clean target, S steps, two passes)
+    3·P + 2·S + c
+
+  with P its training passes (clean and/or adversarial), S the attack's
+  gradient steps and c = 1 when the attack's loss needs the clean logits
+  (one forward pass for the target: 'kl', 'smooth_comp_sum'), else 0. So
+  standard 3, pgd_at 2·S + 3, trades and adv_comp_sum 1 + 2·S + 6.
+
+  Args:
+    method: a name of ``compsum_jax.training.adversarial.METHODS``.
+    attack_steps: S (ignored by methods without an attack).
+    attack_loss: the attack's loss (None: the method's preset's).
+
+  Raises:
+    ValueError: unknown method or attack_steps < 0.
   """
-  if method == "standard":
-    return 3.0
-  if method == "pgd_at":
-    return 2.0 * attack_steps + 3.0
-  if method in ("trades", "adv_comp_sum"):
-    return 1.0 + 2.0 * attack_steps + 6.0
-  raise ValueError(f"unknown method={method!r}")
+  if method not in adversarial.METHODS:
+    raise ValueError(f"unknown method={method!r}; known: "
+                     f"{tuple(adversarial.METHODS)}")
+  if attack_steps < 0:
+    raise ValueError(f"attack_steps must be >= 0, got attack_steps="
+                     f"{attack_steps!r}")
+  entry = adversarial.METHODS[method]
+  passes = TRAINING_PASS * len(entry.passes)
+  if entry.train_attack is not None:
+    if attack_loss is None:
+      attack_loss = attacks.get_preset(entry.train_attack).get("loss")
+    clean_target = attack_loss in attack_objectives.NEEDS_CLEAN_LOGITS
+    passes += ATTACK_STEP * attack_steps + FORWARD_PASS * clean_target
+  return passes
 
 
 def _model_forward_flops(model: Any, state: Any, input_shape: Sequence[int],
@@ -347,10 +407,7 @@ def plan(config: Any, workdir: str, experiment: str, *,
   ds = abstract_dataset(config, shape)
   batch_size = common.check_int(config, "batch_size", low=1)
   eval_batch_size = common.check_int(config, "eval_batch_size", low=1)
-  if batch_size > shape.num_train:
-    raise ValueError(f"config.batch_size={batch_size} exceeds the "
-                     f"{shape.num_train} training examples")
-  steps_per_epoch = shape.num_train // batch_size
+  steps_per_epoch = common.steps_per_epoch(config, shape.num_train)
   num_epochs = common.check_int(config, "num_epochs", low=1)
   eval_every = common.check_int(config, "eval_every_epochs", low=1)
   num_evals = math.ceil(num_epochs / eval_every)
@@ -373,7 +430,7 @@ def plan(config: Any, workdir: str, experiment: str, *,
     # The one-member program: the sequential mode's, and the memory model's
     # anchor for the recommendation.
     model, step1, eval1, state1 = _loss_comparison_programs(
-        config, ds, total_steps, k, stacked=False)
+        config, ds, k, stacked=False)
     eval_batches = math.ceil(shape.num_test / eval_batch_size) + math.ceil(
         shape.num_train / eval_batch_size)
     single = _compile("train step (1 member)", step1, (state1, train_batch),
@@ -387,9 +444,11 @@ def plan(config: Any, workdir: str, experiment: str, *,
     programs += [single, single_eval]
     forward = _model_forward_flops(model, state1, shape.input_shape, False)
     state_parts = _state_parts(state1, 1)
+    # Every member: one clean training pass of ℓ_τ (the 'standard' method).
+    passes = forward_passes("standard", 0)
     if stacked:
       _, step_k, eval_k, state_k = _loss_comparison_programs(
-          config, ds, total_steps, k, stacked=True)
+          config, ds, k, stacked=True)
       programs.append(_compile(
           f"train step ({k} members, vmapped)", step_k,
           (state_k, train_batch), num_members=k, batch_size=batch_size,
@@ -404,12 +463,12 @@ def plan(config: Any, workdir: str, experiment: str, *,
                    "train_flops_per_step": single.matmul.flops,
                    "eval_flops_per_run": single_eval.matmul.flops *
                                          eval_batches * num_evals,
-                   "passes_per_example": forward_passes("standard", 0)})
+                   "passes_per_example": passes})
     num_members = k if stacked else 1
     member_shards = int(config.member_shards or 1) if stacked else 1
     method_rows = [{"method": "comp_sum (every τ)", "attack_steps": 0,
-                    "passes_per_example": 3.0,
-                    "pass_model_flops_per_step": 3.0 * forward * batch_size,
+                    "passes_per_example": passes,
+                    "pass_model_flops_per_step": passes * forward * batch_size,
                     "analytical_flops_per_step": single.matmul.flops,
                     "xla_flops_per_step": single.cost.flops}]
   else:
@@ -421,13 +480,15 @@ def plan(config: Any, workdir: str, experiment: str, *,
     eval_batches = math.ceil(val_size / eval_batch_size)
     method_rows = []
     per_method: dict[str, dict[str, Any]] = {}
-    model = state1 = None
+    adv_experiment = _adversarial_experiment(config, ds)
+    model = adv_experiment.model
+    planned = _adversarial_runs(config)
     built = {}
-    for method in dict.fromkeys(m for m, _, _ in _adversarial_runs(config)):
-      model, step, evals, state = _adversarial_programs(config, ds,
-                                                        total_steps, method)
-      built[method] = (step, state, planning.matmul_flops(step, state,
-                                                          train_batch))
+    for run in planned:  # one program per method (τ, seed: traced state)
+      if run.method not in built:
+        step, evals, state = _adversarial_programs(adv_experiment, run)
+        built[run.method] = (step, state, planning.matmul_flops(
+            step, state, train_batch))
     # XLA compiles the costliest method's step (the largest program: the
     # memory bound of every run) or, with compile_all_methods, every one;
     # the others are traced only (analytical count).
@@ -447,8 +508,10 @@ def plan(config: Any, workdir: str, experiment: str, *,
       programs.append(program)
       per_method[method] = {"train": program}
       state1 = state
-      steps = _attack_steps(config, method)
-      passes = forward_passes(method, steps)
+      attack = train_attack_config(config, method)
+      steps = attack_steps(attack)
+      passes = forward_passes(method, steps,
+                              None if attack is None else attack.get("loss"))
       method_rows.append({
           "method": method, "attack_steps": steps,
           "passes_per_example": passes,
@@ -463,7 +526,7 @@ def plan(config: Any, workdir: str, experiment: str, *,
                            batch_size=eval_batch_size,
                            calls_per_run=eval_batches * num_evals, log=log)
     programs.append(val_program)
-    for method, tau, seed in _adversarial_runs(config):
+    for method, tau, seed in planned:
       runs.append({
           "name": f"{method}" + ("" if tau is None else f" tau={tau:g}") +
                   f" seed={seed}", "method": method,

@@ -75,6 +75,7 @@ EXPERIMENT_CLIENTS = {
     "benchmarks/smooth_weight_threshold.py",
     "tests/experiments_mesh_script.py",
     "tests/test_adversarial_experiment.py",
+    "tests/test_adversarial_nu_threshold.py",
     "tests/test_adversarial_trust.py",
     "tests/test_cli.py",
     "tests/test_dataset_path_end_to_end.py",

@@ -17,6 +17,7 @@ import pytest
 from compsum_jax.training import planning
 from configs import adversarial_training as adv_presets
 from configs import loss_comparison as lc_presets
+from experiments import adversarial_training_lib as adv_lib
 from experiments import planning as exp_planning
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,11 +46,37 @@ def test_dataset_shapes_subtract_the_validation_split():
 
 
 def test_forward_passes_model():
+  # 3 per training pass, 2 per attack step, 1 for the clean target of a
+  # KL or smooth-term attack.
   assert exp_planning.forward_passes("standard", 0) == 3
   assert exp_planning.forward_passes("pgd_at", 10) == 23
   assert exp_planning.forward_passes("trades", 10) == 27
+  assert exp_planning.forward_passes("adv_comp_sum", 5) == 17
+  assert exp_planning.forward_passes("trades", 10, attack_loss="ce") == 26
   with pytest.raises(ValueError, match="unknown method"):
     exp_planning.forward_passes("mart", 3)
+  with pytest.raises(ValueError, match="attack_steps=-1"):
+    exp_planning.forward_passes("pgd_at", -1)
+
+
+def test_training_attack_steps_come_from_the_resolved_attack():
+  config = adv_presets.get_config("cifar10")
+  assert exp_planning.train_attack_config(config, "standard") is None
+  assert exp_planning.attack_steps(None) == 0
+  for method in ("pgd_at", "trades", "adv_comp_sum"):
+    attack = exp_planning.train_attack_config(config, method)
+    assert attack["num_steps"] == config.train_attack.num_steps == 10
+    assert exp_planning.attack_steps(attack) == 10
+  # TRADES' own recipe takes only num_steps and norm from the run.
+  config.trades.recipe = "original"
+  config.train_attack.num_steps = 7
+  attack = exp_planning.train_attack_config(config, "trades")
+  assert (attack["eps"], attack["num_steps"]) == (0.031, 7)
+  assert exp_planning.attack_steps({"attack": "fgsm"}) == 1
+  assert exp_planning.attack_steps(
+      {"attack": "pgd", "num_steps": 4, "num_restarts": 3}) == 12
+  with pytest.raises(ValueError, match="square"):
+    exp_planning.attack_steps({"attack": "square", "num_queries": 10})
 
 
 def test_loss_comparison_plan_of_an_mlp_sweep(tmp_path):
@@ -101,8 +128,9 @@ def test_attack_steps_add_two_forward_passes_each():
     config.train_attack.num_steps = num_steps
     shape = exp_planning.dataset_shape(config)
     ds = exp_planning.abstract_dataset(config, shape)
-    _, step, _, state = exp_planning._adversarial_programs(  # pylint: disable=protected-access
-        config, ds, 10, "pgd_at")
+    experiment = exp_planning._adversarial_experiment(config, ds)  # pylint: disable=protected-access
+    step, _, state = exp_planning._adversarial_programs(  # pylint: disable=protected-access
+        experiment, adv_lib.PlannedRun("pgd_at", None, 0))
     batch = {"image": jax.ShapeDtypeStruct((config.batch_size, 8, 8, 1),
                                            jnp.float32),
              "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)}
@@ -112,6 +140,34 @@ def test_attack_steps_add_two_forward_passes_each():
   five, _ = step_flops(5)
   forward = 2 * config.batch_size * (PIXELS * HIDDEN + HIDDEN * CLASSES)
   assert five - two == 3 * 2 * forward
+
+
+def test_adversarial_plan_of_the_smoke_preset(tmp_path):
+  # Every method of the registry is planned from its declared passes; only
+  # the costliest step is compiled (its memory bounds every run).
+  config = adv_presets.get_config("smoke")
+  result = exp_planning.plan(config, str(tmp_path), "adversarial_training",
+                             log=lambda _: None)
+  rows = {m["method"]: m for m in result["methods"]}
+  assert set(rows) == set(config.methods)
+  steps = config.train_attack.num_steps
+  forward = 2 * (PIXELS * HIDDEN + HIDDEN * CLASSES)
+  assert result["model"]["forward_flops_per_example"] == forward
+  expected_passes = {"standard": 3, "pgd_at": 2 * steps + 3,
+                     "trades": 1 + 2 * steps + 6,
+                     "adv_comp_sum": 1 + 2 * steps + 6}
+  for method, passes in expected_passes.items():
+    assert rows[method]["passes_per_example"] == passes
+    assert rows[method]["attack_steps"] == (0 if method == "standard"
+                                            else steps)
+  compiled = [m for m in rows.values() if m["xla_flops_per_step"]]
+  assert len(compiled) == 1
+  top = max(rows.values(), key=lambda m: m["analytical_flops_per_step"])
+  assert compiled[0] is top
+  assert result["sweep"]["num_runs"] == len(adv_lib.runs_of(config))
+  steps_per_epoch = (1797 - 360 - config.validation_size) // config.batch_size
+  assert result["schedule"]["steps_per_epoch"] == steps_per_epoch
+  assert (tmp_path / exp_planning.PLAN_MD).exists()
 
 
 def test_unknown_experiment_is_rejected(tmp_path):

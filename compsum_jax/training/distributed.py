@@ -293,8 +293,22 @@ class _Watchdog:
     self._beat()
     self._thread.start()
 
-  def stop(self) -> None:
+  def stop(self, join_timeout_s: float | None = None) -> None:
+    """Stops watching; with ``join_timeout_s`` also waits for the thread."""
     self._stop.set()
+    if join_timeout_s is not None and self._thread.is_alive():
+      self._thread.join(join_timeout_s)
+
+  def finish(self) -> None:
+    """At exit: marks this process done, then stops and joins the thread.
+
+    Joined before JAX's own shutdown (atexit hooks run last-in, first-out):
+    a daemon thread still inside a runtime call when the interpreter
+    finalises is unwound through C++ frames and aborts the process
+    ("FATAL: exception not rethrown", status 134).
+    """
+    self.mark("done", "exited")
+    self.stop(join_timeout_s=self.heartbeat_period_s + 10.0)
 
   def _key(self, kind: str, process: int) -> str:
     return f"{_KEY_PREFIX}/{kind}/{process}"
@@ -385,10 +399,9 @@ def start_watchdog(*, failure_timeout_s: float = 30.0,
 
   sys.excepthook = report_failure
   # Runs before JAX's own shutdown (atexit is last-in, first-out): a process
-  # that ends is "done" and never reported lost; the watchdog keeps watching
-  # the others while JAX's shutdown barrier waits for them.
-  atexit.register(lambda: _WATCHDOG.mark("done", "exited") if _WATCHDOG
-                  else None)
+  # that ends is "done" and never reported lost; JAX's shutdown barrier and
+  # heartbeat timeout then cover the others.
+  atexit.register(lambda: _WATCHDOG.finish() if _WATCHDOG else None)
 
 
 def setup() -> DistributedSetup:

@@ -15,6 +15,12 @@ checkpoints. Any config field can be overridden, e.g.
 ``companion`` preset (the digits demo runs ``synthetic``), that preset runs
 afterwards in ``<workdir>/companion_<name>`` for the H-consistency bound
 check.
+
+Several cooperating processes (one per host; README "Several hosts"): add
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` to each
+(or ``--distributed=auto`` under SLURM / Open MPI / Cloud TPU);
+``tools/launch_local.py`` starts N of them on this machine. Process 0 writes
+every file.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import common
+from compsum_jax import training
+from experiments import cli, common, distributed_flags
 from experiments import loss_comparison_lib as lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,7 +49,13 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   lib.validate_config(config)  # fail fast, before any data is loaded
   common.configure_cpu_devices(config)  # before JAX starts its backends
-  lib.run(config, _WORKDIR.value)
+  try:  # several processes: join them before any other JAX use
+    distributed_flags.initialize_from_flags()
+  except ValueError as error:
+    cli.exit_with_usage_error(str(error))
+  # Process 0 prints the reports; the others stay quiet.
+  lib.run(config, _WORKDIR.value,
+          log=print if training.is_primary() else lambda line: None)
   sys.stdout.flush()
 
 

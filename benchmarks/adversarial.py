@@ -1,7 +1,7 @@
 r"""CPU benchmark: time per epoch of adversarial training vs standard training.
 
-Every method is the experiment's objective (``experiments/
-adversarial_training_lib.make_objective``) inside the one train step
+Every method is its objective from the library registry
+(``compsum_jax.training.adversarial.make_objective``) inside the one train step
 (``compsum_jax.training.make_train_step``), timed in the same process on the
 same data, model and batch size: standard (plain CE), PGD-AT, TRADES and
 ADV-COMP-SUM, each with a ``--attack-steps``-step inner attack. Compilation is
@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _machine  # benchmarks/_machine.py (scripts run from benchmarks/)
 
 from compsum_jax import models, training  # noqa: E402
-from experiments import adversarial_training_lib as lib  # noqa: E402
+from compsum_jax.training import adversarial  # noqa: E402
 
 METHOD_HPARAMS = {
     "standard": {"tau": 1.0},
@@ -64,8 +64,8 @@ def build_method(method: str, model, images: np.ndarray, labels: np.ndarray,
                                     hparams=METHOD_HPARAMS[method])
   attack = {"eps": 8 / 255, "step_size": 2 / 255,
             "num_steps": args.attack_steps}
-  step = training.make_train_step(lib.make_objective(model, method, attack),
-                                  opt)
+  step = training.make_train_step(
+      adversarial.make_objective(model, method, attack), opt)
   b = args.batch_size
   batches = [{"image": images[i * b:(i + 1) * b],
               "label": labels[i * b:(i + 1) * b]}
@@ -131,7 +131,7 @@ def main() -> None:
   lines = [
       "# Adversarial training: time per epoch relative to standard training",
       "",
-      "Measured by `benchmarks/adversarial.py` (CPU, the experiment's "
+      "Measured by `benchmarks/adversarial.py` (CPU, the registry's "
       "objectives in the one train step).",
       "",
       f"- machine at start: {machine_before}",

@@ -1,7 +1,7 @@
 r"""GPU benchmark: one WRN-28-10 ADV-COMP-SUM train step with a 10-step attack.
 
-Measures images/s and model-FLOPs utilisation (MFU) of the experiment's
-ADV-COMP-SUM objective (``experiments/adversarial_training_lib``) inside the
+Measures images/s and model-FLOPs utilisation (MFU) of the registry's
+ADV-COMP-SUM objective (``compsum_jax.training.adversarial``) inside the
 one train step, bfloat16 compute (float32 parameters), on random 32×32×3
 inputs, and standard training of the same model in the same process as the
 baseline. Run by hand on an accelerator machine::
@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from compsum_jax import models, training  # noqa: E402
-from experiments import adversarial_training_lib as lib  # noqa: E402
+from compsum_jax.training import adversarial  # noqa: E402
 
 # Peak dense bfloat16 tensor FLOP/s (vendor data sheets), by device_kind text.
 PEAK_BF16_TFLOPS = (
@@ -130,8 +130,9 @@ def main() -> None:
     if flops_fwd is None:
       flops_fwd = forward_flops(model, state.params, state.batch_stats,
                                 batch["image"])
-    step = training.make_train_step(lib.make_objective(model, method, attack),
-                                    opt, ema_decay=0.995)
+    step = training.make_train_step(
+        adversarial.make_objective(model, method, attack), opt,
+        ema_decay=0.995)
     per_step, first = time_steps(step, state, batch, args.steps, args.repeats)
     passes = 3.0 if method == "standard" else 3.0 * args.attack_steps + 8.0
     results[method] = (per_step, first, passes * flops_fwd)

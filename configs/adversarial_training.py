@@ -2,7 +2,7 @@
 
 ADV-COMP-SUM (notes §5.4) against TRADES and PGD-AT (and plain training as a
 reference), each trained through the one train step with its own objective
-(``experiments/adversarial_training_lib.py``), early-stopped on the robust
+(``compsum_jax/training/adversarial.py``), early-stopped on the robust
 accuracy of a held-out validation split under PGD-40 on the margin (notes
 §6.1), and evaluated on test by PGD-20, PGD-40 margin and the cascade
 APGD-CE → APGD-T → Square. Presets (``get_config(arg)``):
@@ -25,8 +25,11 @@ APGD-CE → APGD-T → Square. Presets (``get_config(arg)``):
   results in ``benchmarks/results/adversarial.md``).
 * ``mnist``: ℓ∞ ε = 0.3, 40-step training attack (step 0.01), CNN, 2 seeds.
   Command as above with ``:mnist``; needs ``tools/prepare_data.py mnist``.
-  Expected runtime: NOT MEASURED (estimate: ~1–2 h per method on one GPU;
-  hours per method on CPU). Expected accuracy (literature, not reproduced
+  Expected runtime: NOT MEASURED. PREDICTED by ``--dry_run`` (not a
+  measurement): ≈ 240 GFLOP per step with a 40-step attack, all 12 runs
+  ≈ 2.3 min of H100 bf16 compute at 40 % MFU, which a CNN this small at
+  batch 128 will not reach (expect several times longer); 140 MiB per card.
+  Expected accuracy (literature, not reproduced
   here): ~99 % clean and ~90–95 % PGD robust accuracy for TRADES/PGD-AT
   (Madry et al. 2018; Zhang et al. 2019).
 * ``cifar10``, ``cifar100``, ``svhn``: the Gowal et al. (2020) recipe (notes
@@ -42,12 +45,14 @@ APGD-CE → APGD-T → Square. Presets (``get_config(arg)``):
     python -m experiments.adversarial_training \\
         --config=configs/adversarial_training.py:cifar10 --workdir=runs/adv_c10
 
-  Expected runtime: NOT MEASURED (no accelerator run has been made);
-  estimate from FLOPs: one WRN-28-10 step with a 10-step attack costs about
-  12 forward+backward passes ≈ 12·3·10.5 GFLOP ≈ 0.38 TFLOP per image, so
-  400 epochs of 50k images ≈ 7.6 EFLOP ≈ 5–10 h per run on one H100 at
-  20–40 % bf16 utilisation (``benchmarks/gpu_adversarial_step.py`` measures
-  the step). Expected accuracy (Gowal et al. 2020, TRADES, no extra data,
+  Expected runtime: NOT MEASURED (no accelerator run has been made).
+  PREDICTED by ``--dry_run`` (cifar10; a prediction, not a measurement): a
+  TRADES or ADV-COMP-SUM step is 27 forward-pass equivalents of 10.5 GFLOP
+  per image (10 attack steps), 290–301 TFLOP per batch of 1,024, so one run
+  of 18,800 steps ≈ 3.8 h on one H100 at 40 % MFU in bf16 and the preset's
+  6 runs ≈ 20 h; XLA's host estimate of one step's memory (float32) is
+  71 GiB, more than 75 % of an H100-80GB: 2 cards (data parallel) or one
+  H200 (``benchmarks/gpu_adversarial_step.py`` measures the step). Expected accuracy (Gowal et al. 2020, TRADES, no extra data,
   NOT reproduced here): CIFAR-10 about 85 % clean / 53–57 % AutoAttack
   (their WRN-34-20: 85.64 / 56.86); CIFAR-100 about 60 % clean / 28–30 %
   AutoAttack (their WRN-70-16: 60.86 / 30.03); SVHN: no reference number in
@@ -154,8 +159,9 @@ def _digits(c: ml_collections.ConfigDict) -> None:
   c.dataset = "digits"
   c.validation_size = 256
   c.eps = 0.1
-  # ν ≥ 0.4 collapsed to a constant classifier within this budget on digits
-  # (benchmarks/results/adversarial.md); 0.1 trained well.
+  # On digits ν = 0.4 degraded training (48.6 % clean) and ν ≥ 1 collapsed to
+  # a constant classifier within this budget (benchmarks/results/
+  # adversarial.md; ν*(h), docs/math.md (10.7)); 0.1 trained well.
   c.adv_comp_sum.nu = 0.1
   c.model.kwargs = ml_collections.ConfigDict({
       "features": (32, 64), "strides": (1, 2), "hidden_size": 64,

@@ -1,13 +1,12 @@
-r"""Adversarial training: ADV-COMP-SUM against TRADES and PGD-AT (issue 7).
+r"""Adversarial training: ADV-COMP-SUM against TRADES and PGD-AT.
 
-Trains every (method, τ, seed) run of the config through the one train step,
-early-stops each on validation PGD-40-margin robust accuracy, evaluates the
-best checkpoint on test (clean, PGD-20, PGD-40 margin, APGD-CE → APGD-T →
-Square) and writes ``results.json``, ``results.md`` and
-``robust_vs_clean.png`` to the workdir. Re-running the same command resumes
-after an interruption (finished runs are not redone). See
-``configs/adversarial_training.py`` for the presets and
-``experiments/adversarial_training_lib.py`` for the objectives::
+Trains every (method, τ, seed) run of the config (``lib.run``), early-stops
+each on validation robust accuracy, evaluates the best checkpoint on test and
+writes ``results.json``, ``results.md`` and ``robust_vs_clean.png`` to the
+workdir. Re-running the same command resumes after an interruption (finished
+runs are not redone). Presets: ``configs/adversarial_training.py``; the
+methods: ``compsum_jax/training/adversarial.py``; a finished workdir's report
+is re-rendered by ``python -m experiments.adversarial_training_report``::
 
   python -m experiments.adversarial_training \
       --config=configs/adversarial_training.py:smoke --workdir=/tmp/x
@@ -19,12 +18,16 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import adversarial_training_lib as lib
+from experiments import adversarial_training_report as report
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and preset, e.g. "
     "configs/adversarial_training.py:digits.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
 flags.mark_flags_as_required(["config", "workdir"])
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Only plan the run (compile the steps on abstract "
+    "shapes, no data): writes plan.json / plan.md to --workdir.")
 
 
 def main(argv: list[str]) -> None:
@@ -32,10 +35,17 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Orbax logs every checkpoint operation at INFO; keep the console readable.
   logging.set_verbosity(logging.WARNING)
-  results = lib.run_experiment(_CONFIG.value, _WORKDIR.value,
-                               log=lambda line: print(line, flush=True))
-  print(f"wrote {_WORKDIR.value}/{lib.RESULTS_MD}")
-  print(lib.results_markdown(results, _CONFIG.value))
+  if _DRY_RUN.value:
+    from experiments import planning  # pylint: disable=g-import-not-at-top
+
+    result = planning.plan(_CONFIG.value, _WORKDIR.value,
+                           "adversarial_training")
+    print(planning.plan_markdown(result))
+    return
+  results = lib.run(_CONFIG.value, _WORKDIR.value,
+                    log=lambda line: print(line, flush=True))
+  print(f"wrote {_WORKDIR.value}/{report.RESULTS_MD}")
+  print(report.results_markdown(results))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory (resumes if it holds a run).",
     required=True)
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Only plan the run (compile the steps on abstract "
+    "shapes, no data): writes plan.json / plan.md to --workdir.")
 
 
 def main(argv: list[str]) -> None:
@@ -53,6 +56,13 @@ def main(argv: list[str]) -> None:
     distributed_flags.initialize_from_flags()
   except ValueError as error:
     cli.exit_with_usage_error(str(error))
+  if _DRY_RUN.value:
+    from experiments import planning  # pylint: disable=g-import-not-at-top
+
+    if training.is_primary():
+      print(planning.plan_markdown(planning.plan(config, _WORKDIR.value,
+                                                 "loss_comparison")))
+    return
   # Process 0 prints the reports; the others stay quiet.
   lib.run(config, _WORKDIR.value,
           log=print if training.is_primary() else lambda line: None)

@@ -54,8 +54,7 @@ def main():
       out["lc_single"], _ = loss_comparison(tmp + "/lc_single")
     finally:
       common.data_mesh = data_mesh
-    adv = adv_lib.run_experiment(adv_presets.get_config("smoke"),
-                                 tmp + "/adv")
+    adv = adv_lib.run(adv_presets.get_config("smoke"), tmp + "/adv")
     out["adv_runs"] = [{k: r.get(k) for k in ("method", "status",
                                                "clean_accuracy",
                                                "robust_pgd20")}

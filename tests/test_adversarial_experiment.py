@@ -11,9 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from compsum_jax import training
+from compsum_jax import attacks, training
+from compsum_jax.training import adversarial
 from configs import adversarial_training as cfgs
 from experiments import adversarial_training_lib as lib
+from experiments import adversarial_training_report as report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_COLUMNS = ("robust_pgd20", "robust_pgd40_margin")
@@ -23,7 +25,7 @@ TEST_COLUMNS = ("robust_pgd20", "robust_pgd40_margin")
 def smoke(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("adv_smoke"))
   config = cfgs.get_config("smoke")
-  results = lib.run_experiment(config, workdir)
+  results = lib.run(config, workdir)
   return config, workdir, results
 
 
@@ -34,23 +36,27 @@ def test_smoke_end_to_end(smoke, tmp_path):
   check_best_checkpoint_has_the_best_validation_robust_accuracy(smoke)
   check_rerun_of_a_finished_experiment_recomputes_nothing(smoke)
   check_resumed_evaluation_reproduces_the_results(smoke, tmp_path)
+  check_report_is_rerendered_from_the_workdir_alone(smoke)
 
 
 def check_runs_every_method_and_writes_results(smoke):
   config, workdir, results = smoke
-  for name in (lib.RESULTS_JSON, lib.RESULTS_MD, lib.RESULTS_PNG):
+  for name in (lib.RESULTS_JSON, report.RESULTS_MD, report.RESULTS_PNG):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
   runs = results["runs"]
   assert [(r["method"], r["tau"], r["seed"]) for r in runs] == lib.runs_of(
       config)
-  assert {r["method"] for r in runs} == set(lib.METHODS)
+  assert {r["method"] for r in runs} == set(adversarial.METHODS)
   assert all(r["status"] == "ok" for r in runs)
   with open(os.path.join(workdir, lib.RESULTS_JSON), encoding="utf-8") as f:
     on_disk = json.load(f)
   assert on_disk["summary"] == results["summary"]
-  md = open(os.path.join(workdir, lib.RESULTS_MD), encoding="utf-8").read()
+  md = open(os.path.join(workdir, report.RESULTS_MD), encoding="utf-8").read()
   for row in results["summary"]:
-    assert lib._label(row) in md
+    assert f"| {report.label(row)} | 1 |" in md
+  # One seed: the value and "n = 1", never a "± 0.00" nor "τ=None".
+  assert "(n = 1)" in md and "±" not in md.split("|", 1)[1]
+  assert "None" not in md
 
 
 def check_robust_accuracy_never_exceeds_clean_accuracy(smoke):
@@ -106,7 +112,8 @@ def test_early_stopping_restores_a_better_earlier_checkpoint(tmp_path,
     return out
 
   monkeypatch.setattr(training, "evaluate", fake_evaluate)
-  record = lib.train_and_evaluate(config, "standard", None, 0,
+  record = lib.train_and_evaluate(lib.Experiment.create(config),
+                                  lib.PlannedRun("standard", None, 0),
                                   str(tmp_path / "run"))
   steps_per_epoch = seen_steps[0]
   assert record["best_step"] == 2 * steps_per_epoch
@@ -123,7 +130,7 @@ def check_rerun_of_a_finished_experiment_recomputes_nothing(smoke):
   ckpt_dir = os.path.join(run_dir, "checkpoints")
   before = {d: os.path.getmtime(os.path.join(ckpt_dir, d))
             for d in os.listdir(ckpt_dir)}
-  again = lib.run_experiment(config, workdir)
+  again = lib.run(config, workdir)
   after = {d: os.path.getmtime(os.path.join(ckpt_dir, d))
            for d in os.listdir(ckpt_dir)}
   assert after == before  # no training step, no checkpoint written
@@ -141,7 +148,8 @@ def check_resumed_evaluation_reproduces_the_results(smoke, tmp_path):
   config = config.copy_and_resolve_references()
   config.progress = not config.progress
   config.log_every_steps = config.log_every_steps + 1
-  record = lib.train_and_evaluate(config, method, tau, seed, run_dir)
+  record = lib.train_and_evaluate(lib.Experiment.create(config),
+                                  lib.PlannedRun(method, tau, seed), run_dir)
   with open(os.path.join(run_dir, "environment.json"), encoding="utf-8") as f:
     env = json.load(f)
   starts = env  # one record per process start
@@ -150,18 +158,61 @@ def check_resumed_evaluation_reproduces_the_results(smoke, tmp_path):
     assert record[col] == results["runs"][0][col]
 
 
+def check_report_is_rerendered_from_the_workdir_alone(smoke):
+  """The report module's CLI rebuilds results.md (same text) and the plot
+  from results.json, without training."""
+  _, workdir, _ = smoke
+  md_path = os.path.join(workdir, report.RESULTS_MD)
+  png_path = os.path.join(workdir, report.RESULTS_PNG)
+  with open(md_path, encoding="utf-8") as f:
+    before = f.read()
+  os.remove(md_path)
+  os.remove(png_path)
+  subprocess.run([sys.executable, "-m",
+                  "experiments.adversarial_training_report",
+                  f"--workdir={workdir}"], cwd=ROOT, check=True,
+                 capture_output=True, timeout=300)
+  with open(md_path, encoding="utf-8") as f:
+    assert f.read() == before
+  assert os.path.getsize(png_path) > 0
+
+
+def test_report_states_sample_std_over_seeds():
+  """Two seeds: the cell is mean ± std with ddof = 1 (NumPy), the text says
+  so; the standard run's label has no τ; the report needs no config object."""
+  config = training.metrics.to_jsonable(cfgs.get_config("smoke"))
+  runs = [{"method": m, "tau": tau, "seed": seed, "status": "ok",
+           "clean_accuracy": clean, "robust_pgd20": robust,
+           "robust_pgd40_margin": robust, "robust_cascade": robust}
+          for m, tau in (("standard", None), ("adv_comp_sum", 0.5))
+          for seed, clean, robust in ((0, 0.90, 0.50), (1, 0.96, 0.56))]
+  columns = report.test_columns(config)
+  summary = report.summarize(runs, columns)
+  assert [(r["method"], r["tau"], r["num_seeds"]) for r in summary] == [
+      ("standard", None, 2), ("adv_comp_sum", 0.5, 2)]
+  want_std = np.std([0.90, 0.96], ddof=1)
+  assert summary[0]["clean_accuracy_std"] == pytest.approx(want_std)
+  md = report.results_markdown({"config": config, "runs": runs,
+                                "summary": summary})
+  assert "mean ± sample std (ddof = 1) over n seeds (n = 2" in md
+  assert f"| standard | 2 | 93.00 ± {100 * want_std:.2f} |" in md
+  assert "| ADV-COMP-SUM (τ=0.5) | 2 |" in md
+  assert "None" not in md
+
+
 def test_non_finite_training_is_stopped_and_reported(tmp_path):
   config = cfgs.get_config("smoke")
   config.methods = ("standard",)
   config.optimizer.learning_rate = 1e30
   config.cascade = ()
-  results = lib.run_experiment(config, str(tmp_path))
+  results = lib.run(config, str(tmp_path))
   (run,) = results["runs"]
   assert run["status"] == "nonfinite"
   assert "non-finite" in run["error"]
   assert results["summary"][0]["num_failed"] == 1
-  md = open(tmp_path / lib.RESULTS_MD, encoding="utf-8").read()
+  md = open(tmp_path / report.RESULTS_MD, encoding="utf-8").read()
   assert "Failed runs" in md and "non-finite" in md
+  assert "- standard seed 0: " in md  # no "τ=None" for the standard run
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -188,7 +239,7 @@ def test_bad_config_values_raise_clear_errors(tmp_path, field, value, match):
   with config.ignore_type():
     node[leaf] = value
   with pytest.raises(ValueError, match=match):
-    lib.run_experiment(config, str(tmp_path))
+    lib.run(config, str(tmp_path))
   assert not os.listdir(tmp_path)  # failed before any work
 
 
@@ -211,14 +262,14 @@ def test_presets_are_valid_and_eps_moves_every_attack():
 def test_trades_recipes():
   config = cfgs.get_config("cifar10")
   config.trades.recipe = "original"
-  original = lib.train_attack_overrides("trades", config)
+  original = lib.train_attack_overrides(config, "trades")
   assert "eps" not in original and "step_size" not in original
   # The preset then supplies TRADES' own values.
-  preset = lib.attacks.get_preset(lib.TRAIN_ATTACK_PRESETS["trades"])
+  preset = attacks.get_preset(adversarial.METHODS["trades"].train_attack)
   assert (preset["eps"], preset["step_size"], preset["num_steps"],
           preset["random_start"]) == (0.031, 0.007, 10, "gaussian")
   config.trades.recipe = "eps8_255"
-  assert lib.train_attack_overrides("trades", config)["eps"] == (
+  assert lib.train_attack_overrides(config, "trades")["eps"] == (
       pytest.approx(8 / 255))
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from compsum_jax import attacks, data, models, training
-from experiments import adversarial_training_lib as lib
+from compsum_jax.training import adversarial
 
 EPS = 0.1
 
@@ -29,7 +29,7 @@ def _train_and_attack(method, hparams, *, model, seeds, epochs, train_steps,
   state = training.init_member_states(
       model, opt, rngs=list(seeds), input_shape=ds.input_shape,
       hparams={name: [v] * k for name, v in hparams.items()})
-  objective = lib.make_objective(
+  objective = adversarial.make_objective(
       model, method, {"eps": EPS, "step_size": EPS / 2,
                       "num_steps": train_steps})
   step = training.make_train_step(objective, opt, num_members=k)
@@ -39,7 +39,7 @@ def _train_and_attack(method, hparams, *, model, seeds, epochs, train_steps,
       state, metrics = step(state, batch)
   assert np.all(np.asarray(metrics["finite"]) == 1.0)
   eval_step = training.make_eval_step(
-      lib.make_robust_eval_fn(model, eval_attacks), num_members=k)
+      adversarial.make_robust_eval_fn(model, eval_attacks), num_members=k)
   out = training.evaluate(eval_step, state,
                           data.eval_batches(ds.test, ds.test.num_examples),
                           rng=123)

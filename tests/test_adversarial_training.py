@@ -1,4 +1,5 @@
-"""Adversarial-training objectives in the one train step: BN handling, ν = 0."""
+"""The registry of adversarial-training methods (training/adversarial.py):
+objectives in the one train step, BN handling, ν = 0, a new entry."""
 
 import flax
 import jax
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 
 from compsum_jax import attacks, losses, models, training
-from compsum_jax.losses import adversarial as adv
-from experiments import adversarial_training_lib as lib
+from compsum_jax.losses import adversarial as adv_losses
+from compsum_jax.training import adversarial
 
 ATTACK = {"eps": 0.1, "step_size": 0.03, "num_steps": 3}
 
@@ -55,14 +56,15 @@ def test_objective_attacks_in_eval_mode_then_trains_clean_then_adversarial(
   hp = {"tau": jnp.float32(1.0), "nu": jnp.float32(2.0),
         "rho": jnp.float32(1.0), "beta": jnp.float32(6.0)}
   rng = jax.random.key(3)
-  objective = lib.make_objective(model, method, ATTACK)
+  objective = adversarial.make_objective(model, method, ATTACK)
   loss, aux = objective(params, stats, {**batch, "hparams": hp}, rng)
 
   def eval_logits(xx):
     return model.apply({"params": params, "batch_stats": stats}, xx,
                        train=False)
 
-  attack = attacks.build_attack(lib.TRAIN_ATTACK_PRESETS[method], **ATTACK)
+  attack = attacks.build_attack(adversarial.METHODS[method].train_attack,
+                               **ATTACK)
   x_adv = attack(eval_logits, x, y, rng)
 
   def train_pass(s, xx):
@@ -72,12 +74,13 @@ def test_objective_attacks_in_eval_mode_then_trains_clean_then_adversarial(
 
   if method == "pgd_at":
     z_adv, want_stats = train_pass(stats, x_adv)
-    want = jnp.mean(adv.pgd_at_loss(z_adv, y))
+    want = jnp.mean(adv_losses.pgd_at_loss(z_adv, y))
   else:
     z, s1 = train_pass(stats, x)
     z_adv, want_stats = train_pass(s1, x_adv)
-    want = jnp.mean(adv.trades_loss(z, z_adv, y, 6.0) if method == "trades"
-                    else adv.adv_comp_sum_loss(z, z_adv, y, 1.0, 2.0))
+    want = jnp.mean(
+        adv_losses.trades_loss(z, z_adv, y, 6.0) if method == "trades"
+        else adv_losses.adv_comp_sum_loss(z, z_adv, y, 1.0, 2.0))
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(aux["batch_stats"]),
                   jax.tree.leaves(want_stats), strict=True):
@@ -93,8 +96,8 @@ def test_inner_attack_of_one_example_ignores_the_rest_of_the_batch():
   params, stats = _init(model)
   b1, b2 = _batch(0), _batch(1)
   b2["image"][0], b2["label"][0] = b1["image"][0], b1["label"][0]
-  attack = lib.make_train_attack("adv_comp_sum", ATTACK)
-  logits_fn = lib.inference_logits_fn(model, params, stats)
+  attack = adversarial.make_train_attack("adv_comp_sum", ATTACK)
+  logits_fn = adversarial.inference_logits_fn(model, params, stats)
   keys = jax.random.split(jax.random.key(0), 16)  # same key for example 0
   x1 = attack(logits_fn, jnp.asarray(b1["image"]), jnp.asarray(b1["label"]),
               keys)
@@ -113,16 +116,16 @@ def test_parameter_gradient_ignores_the_attack_path():
   hp = {"tau": jnp.float32(0.5), "nu": jnp.float32(1.5),
         "rho": jnp.float32(0.8)}
   rng = jax.random.key(5)
-  objective = lib.make_objective(model, "adv_comp_sum", ATTACK)
+  objective = adversarial.make_objective(model, "adv_comp_sum", ATTACK)
   grad = jax.grad(lambda p: objective(p, {}, {**batch, "hparams": hp},
                                       rng)[0])(params)
-  x_adv = lib.make_train_attack("adv_comp_sum", ATTACK)(
+  x_adv = adversarial.make_train_attack("adv_comp_sum", ATTACK)(
       lambda xx: model.apply({"params": params}, xx), x, y, rng)
 
   def outer(p):
     z = model.apply({"params": p}, x)
     z_adv = model.apply({"params": p}, x_adv)
-    return jnp.mean(adv.adv_comp_sum_loss(z, z_adv, y, 0.5, 1.5, 0.8))
+    return jnp.mean(adv_losses.adv_comp_sum_loss(z, z_adv, y, 0.5, 1.5, 0.8))
 
   want = jax.grad(outer)(params)
   for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(want), strict=True):
@@ -133,9 +136,9 @@ def test_nu_zero_training_equals_comp_sum_training():
   """ADV-COMP-SUM with ν = 0 and ρ = 1 takes exactly the comp-sum steps."""
   model = models.get_model("mlp", 10, hidden_sizes=(16,))
   opt = training.make_optimizer({"name": "sgd", "learning_rate": 0.1}, 10)
-  steps = [training.make_train_step(lib.make_objective(model, m, ATTACK), opt,
-                                    donate=False)
-           for m in ("standard", "adv_comp_sum")]
+  steps = [training.make_train_step(
+      adversarial.make_objective(model, m, ATTACK), opt, donate=False)
+      for m in ("standard", "adv_comp_sum")]
   for tau in (0.0, 1.0, 2.0):  # τ is a traced hparam: one compilation
     states = [training.init_train_state(model, opt, rng=0,
                                         input_shape=(8, 8, 1), hparams=hp)
@@ -159,7 +162,60 @@ def test_nu_zero_training_equals_comp_sum_training():
 
 def test_make_objective_rejects_unknown_method():
   with pytest.raises(ValueError, match="method must be one of"):
-    lib.make_objective(_bn_model(), "madry", ATTACK)
+    adversarial.make_objective(_bn_model(), "madry", ATTACK)
+
+
+def test_a_new_method_is_one_registry_entry():
+  """A Method built from parts trains through make_objective unchanged:
+  ℓ_τ at x' with τ = 1 is CE at x' (ℓ_1 = CE), i.e. PGD-AT's objective."""
+  pgd_comp_sum = adversarial.Method(
+      "pgd_comp_sum", train_attack="eps8_255",
+      passes=(adversarial.ADVERSARIAL,),
+      outer_loss=lambda z, z_adv, y, hp: adversarial.OuterTerms(
+          losses.comp_sum_loss(z_adv, y, hp["tau"]), z_adv[:, 0],
+          z_adv[:, 1]),
+      hparams=(adversarial.HParam("tau"),))
+  model = models.get_model("mlp", 10, hidden_sizes=(16,))
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  batch, rng = _batch(), jax.random.key(4)
+  new_loss, new_aux = adversarial.make_objective(model, pgd_comp_sum, ATTACK)(
+      params, {}, {**batch, "hparams": {"tau": jnp.float32(1.0)}}, rng)
+  x_adv = attacks.build_attack("eps8_255", **ATTACK)(
+      lambda xx: model.apply({"params": params}, xx),
+      jnp.asarray(batch["image"]), jnp.asarray(batch["label"]), rng)
+  z_adv = np.asarray(model.apply({"params": params}, x_adv), np.float64)
+  # CE(z', y) = logsumexp(z') − z'_y, in float64 NumPy.
+  top = z_adv.max(-1)
+  ce = (top + np.log(np.exp(z_adv - top[:, None]).sum(-1))
+        - z_adv[np.arange(len(z_adv)), batch["label"]])
+  np.testing.assert_allclose(new_loss, ce.mean(), rtol=1e-5)
+  np.testing.assert_allclose(new_aux["metrics"]["adv_accuracy"],
+                             np.mean(z_adv.argmax(-1) == batch["label"]))
+
+
+def test_registry_checks_hyperparameters_and_attack_recipes():
+  adv_comp_sum = adversarial.METHODS["adv_comp_sum"]
+  assert adv_comp_sum.check_hparams({"tau": 1, "nu": 0.1, "rho": 2.0}) == {
+      "tau": 1.0, "nu": 0.1, "rho": 2.0}
+  with pytest.raises(ValueError, match=r"adv_comp_sum rho must be a finite "
+                     r"number > 0, got adv_comp_sum rho=0.0"):
+    adv_comp_sum.check_hparams({"tau": 1.0, "nu": 0.1, "rho": 0.0})
+  with pytest.raises(ValueError, match="nu=nan"):
+    adv_comp_sum.check_hparams({"tau": 1.0, "nu": float("nan"), "rho": 1.0})
+  with pytest.raises(ValueError, match=r"takes hyperparameters \['beta'\]"):
+    adversarial.METHODS["trades"].check_hparams({"tau": 1.0})
+  threat = {"eps": 0.1, "step_size": 0.04, "num_steps": 5, "norm": "linf",
+            "optimizer": None}
+  trades = adversarial.METHODS["trades"]
+  # 'original' keeps TRADES' own ε and step; the default takes the run's.
+  assert trades.train_attack_overrides(threat, "original") == {
+      "num_steps": 5, "norm": "linf"}
+  assert trades.train_attack_overrides(threat) == {
+      "eps": 0.1, "step_size": 0.04, "num_steps": 5, "norm": "linf"}
+  with pytest.raises(ValueError, match="recipe='madry'"):
+    trades.train_attack_overrides(threat, "madry")
+  with pytest.raises(ValueError, match="no inner maximisation"):
+    adversarial.make_train_attack("standard", threat)
 
 
 @pytest.mark.slow
@@ -168,7 +224,7 @@ def test_vmapped_members_train_like_single_runs():
   model = models.get_model("mlp", 10, hidden_sizes=(16,))
   opt = training.make_optimizer({"name": "sgd", "learning_rate": 0.1}, 10)
   taus = [0.5, 1.5]
-  objective = lib.make_objective(model, "adv_comp_sum", ATTACK)
+  objective = adversarial.make_objective(model, "adv_comp_sum", ATTACK)
   hp = {"tau": taus, "nu": [1.0, 1.0], "rho": [1.0, 1.0]}
   stacked = training.init_member_states(model, opt, rngs=[0, 1],
                                         input_shape=(8, 8, 1), hparams=hp)

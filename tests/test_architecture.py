@@ -1,6 +1,7 @@
 """The house plan's import rules (shared/docs/architecture.md), checked on the AST."""
 
 import ast
+import json
 import pathlib
 
 import pytest
@@ -14,7 +15,7 @@ ALLOWED = {
     "attacks": {"losses"},
     "models": set(),
     "data": set(),
-    "training": {"losses", "models", "data"},
+    "training": {"losses", "models", "data", "attacks"},
 }
 FORBIDDEN_THIRD_PARTY = {
     # Neither the library nor its tests may pull in TensorFlow or PyTorch.
@@ -62,3 +63,54 @@ def test_configs_hold_primitives_only():
       root = name.split(".")[0]
       assert root in {"ml_collections", "__future__", "typing", "configs"}, (
           f"{path.relative_to(ROOT)} imports {name}")
+
+
+# Modules outside experiments/ that exercise the experiment layer itself
+# (the binaries' end-to-end tests, tests of its command-line helpers, the
+# benchmarks that run an experiment or reopen its workdir) and so may import
+# `experiments`; everything else uses the library.
+EXPERIMENT_CLIENTS = {
+    "benchmarks/loss_comparison.py",
+    "benchmarks/smooth_weight_threshold.py",
+    "tests/experiments_mesh_script.py",
+    "tests/test_adversarial_experiment.py",
+    "tests/test_cli.py",
+    "tests/test_loss_comparison.py",
+    "tests/test_training_distributed.py",
+}
+
+
+def _notebook_imports(path: pathlib.Path) -> set[str]:
+  """Imports of a notebook's code cells (IPython magics read as `pass`)."""
+  cells = json.loads(path.read_text())["cells"]
+  lines = [line for cell in cells if cell["cell_type"] == "code"
+           for line in "".join(cell["source"]).splitlines()]
+  code = "\n".join(
+      line[:len(line) - len(line.lstrip())] + "pass"
+      if line.lstrip().startswith(("%", "!")) else line for line in lines)
+  tree = ast.parse(code, filename=str(path))
+  return {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+          for alias in node.names} | {
+              node.module for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def test_nothing_outside_experiments_imports_experiments():
+  """The library, configs, tests, benchmarks, tools and notebooks use the
+  library, not the experiment binaries (except EXPERIMENT_CLIENTS)."""
+  paths = sorted(ROOT.glob("*.py"))
+  for top in ("compsum_jax", "configs", "tests", "benchmarks", "tools",
+              "colab"):
+    paths += sorted((ROOT / top).rglob("*.py"))
+    paths += sorted((ROOT / top).rglob("*.ipynb"))
+  checked = 0
+  for path in paths:
+    rel = path.relative_to(ROOT).as_posix()
+    if rel in EXPERIMENT_CLIENTS or ".ipynb_checkpoints" in rel:
+      continue
+    names = (_notebook_imports(path) if path.suffix == ".ipynb"
+             else _imports(path))
+    checked += 1
+    bad = sorted(n for n in names if n.split(".")[0] == "experiments")
+    assert not bad, f"{rel} imports {bad}; use the library instead"
+  assert checked > 50  # the walk did find the library, tests and notebooks

@@ -1,10 +1,11 @@
 """Training core: TrainState, optimizer, THE train step, evaluation, loop.
 
 Every experiment trains through :func:`make_train_step` with its own
-objective; see ``step.py`` for the data-parallel and vmapped-member design.
+objective (adversarial methods: the registry of ``adversarial.py``); see
+``step.py`` for the data-parallel and vmapped-member design.
 """
 
-from compsum_jax.training import distributed
+from compsum_jax.training import adversarial, distributed
 from compsum_jax.training.checkpoint import (
     CheckpointRestoreError,
     CheckpointStore,
@@ -81,6 +82,7 @@ __all__ = [
     "StorageError",
     "TrainState",
     "WorkdirBusyError",
+    "adversarial",
     "apply_model",
     "check_history",
     "classification_eval_fn",

@@ -205,13 +205,15 @@ def sanity_checks(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array
   return SanityReport(diff == 0.0, diff, probs_like, zero, messages)
 
 
-def _example_keys(key: jax.Array, name: str, num: int) -> np.ndarray:
-  """Per-example keys fold_in(fold_in(key, crc32(name)), i), i = 0..num−1."""
+def _example_keys(key: jax.Array, name: str, num: int, offset: int = 0
+                  ) -> np.ndarray:
+  """Per-example keys fold_in(fold_in(key, crc32(name)), offset + i),
+  i = 0..num−1."""
   if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.wrap_key_data(key)  # raw uint32 key
   attack_key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
   keys = jax.vmap(lambda i: jax.random.fold_in(attack_key, i))(
-      jnp.arange(num))
+      offset + jnp.arange(num))
   return np.asarray(jax.random.key_data(keys))
 
 
@@ -258,8 +260,8 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                     *, eps: float | None = None, norm: str | None = None,
                     batch_size: int = 256, run_all: bool = False,
                     run_checks: bool = True,
-                    overrides: dict[str, Any] | None = None
-                    ) -> RobustAccuracyReport:
+                    overrides: dict[str, Any] | None = None,
+                    example_offset: int = 0) -> RobustAccuracyReport:
   """Robust accuracy under a cascade of attacks, with exact counts.
 
   Args:
@@ -280,6 +282,10 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     run_checks: run :func:`sanity_checks` on the first batch.
     overrides: further keyword overrides for every preset attack (e.g.
       ``{'num_steps': 20}``).
+    example_offset: global index of ``x[0]`` when ``x`` is a contiguous share
+      of a larger set (one process's share): example i's attack keys are
+      those of example ``example_offset + i`` of the whole set, so the shares'
+      counts add up to the whole set's.
 
   Returns:
     A :class:`RobustAccuracyReport`.
@@ -294,6 +300,10 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   if norm is not None:
     threat_model.check_norm(norm)
   threat_model.check_positive_int(batch_size, "batch_size")
+  if isinstance(example_offset, bool) or not isinstance(
+      example_offset, (int, np.integer)) or example_offset < 0:
+    raise ValueError(f"example_offset must be an integer >= 0, got "
+                     f"example_offset={example_offset!r}")
   all_overrides = dict(overrides or {})
   all_overrides.update({"eps": eps, "norm": norm})
   resolved = _resolve_attacks(attacks, all_overrides)
@@ -335,7 +345,7 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   num_gradient_free_only = 0
   for index, (name, attack_fn, _, _, _) in enumerate(resolved):
     todo = np.nonzero(correct if run_all else robust)[0]
-    keys = _example_keys(key, name, num)
+    keys = _example_keys(key, name, num, int(example_offset))
     jitted = jax.jit(lambda xb, yb, kb, f=attack_fn: f(
         logits_fn, xb, yb, jax.random.wrap_key_data(kb)))
     if todo.size:

@@ -94,6 +94,8 @@ Fields (primitives only):
   num_test_examples (None: whole test split), augment (None: the dataset's
   default), augment_flip, keep_checkpoints, log_every_steps, progress,
   tensorboard.
+  cpu_devices: None, or N host-platform CPU devices (per process): the data
+    axis of the steps' mesh on a CPU-only host.
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ def _base() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.progress = True
   c.tensorboard = True
+  c.cpu_devices = config_dict.placeholder(int)
   return c
 
 

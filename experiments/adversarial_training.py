@@ -10,6 +10,12 @@ is re-rendered by ``python -m experiments.adversarial_training_report``::
 
   python -m experiments.adversarial_training \
       --config=configs/adversarial_training.py:smoke --workdir=/tmp/x
+
+Several cooperating processes (one per host; README "Several hosts"): add
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` to each
+(or ``--distributed=auto`` under SLURM / Open MPI / Cloud TPU);
+``tools/launch_local.py`` starts N of them on this machine. Process 0 writes
+every file and prints the results.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from compsum_jax import training
 from experiments import adversarial_training_lib as lib
 from experiments import adversarial_training_report as report
+from experiments import cli, common, distributed_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and preset, e.g. "
@@ -35,17 +43,26 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Orbax logs every checkpoint operation at INFO; keep the console readable.
   logging.set_verbosity(logging.WARNING)
+  common.configure_cpu_devices(_CONFIG.value)  # before JAX starts
+  try:  # several processes: join them before any other JAX use
+    distributed_flags.initialize_from_flags()
+  except ValueError as error:
+    cli.exit_with_usage_error(str(error))
+  primary = training.is_primary()  # process 0 prints; the others stay quiet
   if _DRY_RUN.value:
     from experiments import planning  # pylint: disable=g-import-not-at-top
 
-    result = planning.plan(_CONFIG.value, _WORKDIR.value,
-                           "adversarial_training")
-    print(planning.plan_markdown(result))
+    if primary:
+      result = planning.plan(_CONFIG.value, _WORKDIR.value,
+                             "adversarial_training")
+      print(planning.plan_markdown(result))
     return
   results = lib.run(_CONFIG.value, _WORKDIR.value,
-                    log=lambda line: print(line, flush=True))
-  print(f"wrote {_WORKDIR.value}/{report.RESULTS_MD}")
-  print(report.results_markdown(results))
+                    log=(lambda line: print(line, flush=True)) if primary
+                    else None)
+  if primary:
+    print(f"wrote {_WORKDIR.value}/{report.RESULTS_MD}")
+    print(report.results_markdown(results))
 
 
 if __name__ == "__main__":

@@ -530,7 +530,8 @@ def init_states(model: nn.Module, optimizer: optax.GradientTransformation,
 def evaluate_split(eval_step: Callable[..., dict], state: training.TrainState,
                    split: data_lib.ArraySplit, batch_size: int,
                    labels: np.ndarray | None = None,
-                   mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+                   mesh: jax.sharding.Mesh | None = None,
+                   rng: jax.Array | int = 0) -> dict[str, Any]:
   """Exact averages of ``eval_step`` over a split (see training.evaluate).
 
   Args:
@@ -540,7 +541,9 @@ def evaluate_split(eval_step: Callable[..., dict], state: training.TrainState,
     batch_size: evaluation batch size.
     labels: labels to use instead of ``split.labels`` (e.g. the clean labels
       of a noisy training split), shape [N].
-    mesh: the mesh ``eval_step`` was built with (batches are sharded on it).
+    mesh: the mesh ``eval_step`` was built with (batches are sharded on it;
+      with several processes each reads only its rows of every batch).
+    rng: the evaluation key (batch i uses ``fold_in(rng, i)``).
 
   Returns:
     ``training.evaluate``'s dict (values [K] for stacked states).
@@ -550,13 +553,13 @@ def evaluate_split(eval_step: Callable[..., dict], state: training.TrainState,
   if mesh is None or jax.process_count() == 1:
     return training.evaluate(eval_step, state,
                              data_lib.eval_batches(split, batch_size),
-                             mesh=mesh)
+                             mesh=mesh, rng=rng)
   # Several processes: each materialises its rows of every global batch;
   # the compiled step sums over the global batch (exact counts).
   rows = training.process_batch_rows(mesh, batch_size)
   return training.evaluate(eval_step, state,
                            data_lib.eval_batches(split, batch_size, rows=rows),
-                           mesh=mesh, global_batch_size=batch_size)
+                           mesh=mesh, rng=rng, global_batch_size=batch_size)
 
 
 def make_logits_fn(model: nn.Module, *, stacked: bool

@@ -75,6 +75,8 @@ EXPERIMENT_CLIENTS = {
     "tests/experiments_mesh_script.py",
     "tests/test_adversarial_experiment.py",
     "tests/test_cli.py",
+    "tests/test_dataset_path_end_to_end.py",
+    "tests/test_experiments_planning.py",
     "tests/test_loss_comparison.py",
     "tests/test_training_distributed.py",
 }

@@ -149,7 +149,10 @@ def test_gradient_masking_is_flagged():
     report = attacks.robust_accuracy(
         masked, x, y, jax.random.key(0), "aa_standard_like", eps=EPS,
         overrides=_small_cascade_overrides())
-  assert report.sanity.num_zero_gradient == 64
+  # The DLR-gradient check covers every evaluated (clean-correct) point.
+  assert report.sanity.gradient_objective == "dlr"
+  assert report.sanity.num_gradient_points == report.num_clean_correct > 0
+  assert report.sanity.num_zero_gradient == report.num_clean_correct
   assert report.gradient_masking_suspected
   assert report.num_broken_only_by_gradient_free == report.stages[-1].num_broken
   assert report.stages[-1].num_broken > 0
@@ -176,6 +179,15 @@ def test_sanity_checks_flag_probabilities_and_randomness():
 
   rnd = attacks.sanity_checks(noisy, x, y)
   assert not rnd.deterministic and rnd.max_abs_logit_difference > 0
+  assert rnd.num_forward_passes == 3 and len(calls) >= 3
+  # Differences within the tolerance (relative to 1 + max|z|) pass.
+  tiny = []
+
+  def tiny_noise(xa):
+    tiny.append(1)
+    return f(xa) + 1e-9 * len(tiny)
+
+  assert attacks.sanity_checks(tiny_noise, x, y).deterministic
   ok = attacks.sanity_checks(f, x, y)
   assert ok.deterministic and not ok.looks_like_probabilities
   assert ok.num_zero_gradient == 0 and ok.messages == []
@@ -205,7 +217,8 @@ def test_square_attack_budget_ball_and_margin():
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.slow) if name == "aa_standard_like"
+    pytest.param(name, marks=pytest.mark.slow)
+    if name in ("aa_standard_like", "aa_standard")
     else name for name in sorted(attacks.PRESETS)])
 def test_every_preset_builds_and_stays_in_its_ball(name):
   f = _trained_model(0)
@@ -275,3 +288,86 @@ def test_shares_with_example_offset_add_up_to_the_whole_set():
     assert s1.num_broken + s2.num_broken == s.num_broken
   with pytest.raises(ValueError, match="example_offset=-1"):
     attacks.robust_accuracy(f, x, y, key, example_offset=-1, **kw)
+
+
+def test_early_exit_gives_the_exhaustive_robust_set_with_less_work():
+  f = _trained_model(0)
+  x, y = _test_points(48)
+  small = {"num_steps": 6, "num_target_classes": 3, "num_queries": 30}
+  kw = dict(eps=EPS, batch_size=32, overrides=small, run_checks=False)
+  fast = attacks.robust_accuracy(f, x, y, jax.random.key(5), "aa_standard",
+                                 **kw)
+  full = attacks.robust_accuracy(f, x, y, jax.random.key(5), "aa_standard",
+                                 early_exit=False, **kw)
+  np.testing.assert_array_equal(fast.robust, full.robust)
+  assert [s.name for s in fast.stages] == ["apgd_ce", "apgd_t", "fab_t",
+                                           "square"]
+  assert 0 < fast.num_robust < fast.num_clean_correct
+  # Exhaustive: every clean-correct point gets every run of every attack.
+  for s in full.stages:
+    assert s.num_attacked == full.num_clean_correct
+    assert s.num_point_runs == s.num_attacked * s.num_runs
+  assert sum(s.num_point_runs for s in fast.stages) < sum(
+      s.num_point_runs for s in full.stages)
+  # Targets after the first see only the points the earlier ones left.
+  apgd_t = fast.stages[1]
+  assert apgd_t.num_runs == 3
+  assert apgd_t.num_point_runs < 3 * apgd_t.num_attacked
+
+
+def test_report_states_each_attack_configuration():
+  import json
+  f = _trained_model(0)
+  x, y = _test_points(16)
+  report = attacks.robust_accuracy(
+      f, x, y, jax.random.key(0), "aa_standard", eps=EPS, run_checks=True,
+      overrides={"num_steps": 3, "num_target_classes": 2, "num_queries": 5})
+  out = json.loads(json.dumps(report.to_dict()))
+  desc = out["attack_configuration"]
+  assert len(desc) == 4
+  assert desc[0].startswith("apgd_ce: APGD-CE (") and "num_steps=3" in desc[0]
+  assert "num_target_classes=2" in desc[1] and "num_target_classes=2" in desc[2]
+  assert desc[2].startswith("fab_t: FAB-T (") and "eta=1.05" in desc[2]
+  assert "num_queries=5" in desc[3] and "rescale_schedule=False" in desc[3]
+  assert [s["gradient_free"] for s in out["stages"]] == [False, False, False,
+                                                         True]
+  assert out["sanity"]["num_forward_passes"] == 3
+  assert "FAB-T" in report.summary()
+
+
+def test_attacks_declare_their_properties_not_their_names():
+  kinds = attacks.ATTACKS
+  assert [k for k, v in kinds.items() if v.gradient_free] == ["square"]
+  assert not kinds["fgsm"].takes_key and kinds["pgd"].takes_key
+  assert kinds["apgd_targeted"].targeted and kinds["fab_targeted"].targeted
+  built = attacks.build_attack("square", num_queries=5)
+  assert built.gradient_free and built.num_runs(10) == 1
+  assert attacks.build_attack("apgd_t").num_runs(10) == 9
+  assert attacks.build_attack("fab_t").num_runs(4) == 3
+  # A renamed gradient-free attack still counts as gradient-free.
+  f = _trained_model(0)
+  masked = lambda xa: f(jax.lax.stop_gradient(xa))
+  x, y = _test_points(32)
+  with pytest.warns(UserWarning, match="gradient masking"):
+    report = attacks.robust_accuracy(
+        masked, x, y, jax.random.key(0),
+        ["apgd_ce", ("random_search", attacks.build_attack(
+            "square", eps=EPS, num_queries=100))], eps=EPS,
+        overrides={"num_steps": 3})
+  assert report.stages[1].gradient_free
+  assert report.gradient_masking_suspected
+
+
+def test_square_schedule_is_autoattack_standard_unless_rescaled():
+  from compsum_jax.attacks import square
+  p = lambda i, rescale: float(square.p_selection(
+      0.8, jnp.asarray(i), 5000, rescale))
+  # Unscaled: halvings after iterations 10, 50, 200, 500, 1000, ...
+  assert p(10, False) == pytest.approx(0.8)
+  assert p(11, False) == pytest.approx(0.4)
+  assert p(600, False) == pytest.approx(0.8 / 2 ** 4)
+  assert p(4999, False) == pytest.approx(0.8 / 2 ** 7)  # i in (4000, 6000]
+  # Rescaled to Q = 5000: i counts double (i/Q·10⁴).
+  assert p(6, True) == pytest.approx(0.4)
+  assert p(600, True) == pytest.approx(0.8 / 2 ** 5)
+  assert p(4999, True) == pytest.approx(0.8 / 2 ** 9)

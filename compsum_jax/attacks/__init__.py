@@ -1,4 +1,4 @@
-"""Adversarial attacks in JAX: FGSM, PGD, APGD, Square and an AutoAttack-style cascade.
+"""Adversarial attacks in JAX: FGSM, PGD, APGD, FAB-T, Square and AutoAttack.
 
 All attacks are pure functions of ``logits_fn(x) -> logits`` on inputs in
 [0, 1], batched, with explicit PRNG keys; see the module docstrings:
@@ -8,10 +8,16 @@ All attacks are pure functions of ``logits_fn(x) -> logits`` on inputs in
   'smooth_comp_sum');
 * :mod:`~compsum_jax.attacks.auto_pgd`: ``apgd`` (APGD-CE/-DLR), ``apgd_targeted``
   (APGD-T) of Croce & Hein (2020);
+* :mod:`~compsum_jax.attacks.fab`: ``fab_targeted`` (FAB-T, ℓ∞) of Croce &
+  Hein (2020);
 * :mod:`~compsum_jax.attacks.square`: ``square_attack`` (ℓ∞, query budget);
 * :mod:`~compsum_jax.attacks.evaluation`: ``robust_accuracy`` (cascade) and
   ``sanity_checks``;
-* :mod:`~compsum_jax.attacks.presets`: named configs and ``build_attack``.
+* :mod:`~compsum_jax.attacks.presets`: named configs ('aa_standard' is
+  AutoAttack 'standard'), the registry ``ATTACKS`` of what each attack is,
+  and ``build_attack``;
+* :mod:`~compsum_jax.attacks.threat_model`: balls, projections, keys and the
+  argument checks shared by the attacks.
 """
 
 from compsum_jax.attacks.auto_pgd import (
@@ -29,6 +35,12 @@ from compsum_jax.attacks.evaluation import (
     robust_accuracy,
     sanity_checks,
 )
+from compsum_jax.attacks.fab import (
+    FABResult,
+    fab_targeted,
+    fab_targeted_run,
+    project_linf_hyperplane_box,
+)
 from compsum_jax.attacks.objectives import (
     OBJECTIVES,
     cross_entropy,
@@ -40,7 +52,11 @@ from compsum_jax.attacks.objectives import (
     smooth_comp_sum_term,
 )
 from compsum_jax.attacks.presets import (
+    ATTACKS,
     PRESETS,
+    Attack,
+    AttackKind,
+    Cascade,
     build_attack,
     get_preset,
     is_cascade,
@@ -55,7 +71,12 @@ from compsum_jax.attacks.threat_model import per_example_norm, project
 
 __all__ = [
     "APGDResult",
+    "ATTACKS",
+    "Attack",
+    "AttackKind",
     "AttackStage",
+    "Cascade",
+    "FABResult",
     "OBJECTIVES",
     "PRESETS",
     "RobustAccuracyReport",
@@ -70,6 +91,8 @@ __all__ = [
     "cross_entropy",
     "dlr",
     "dlr_targeted",
+    "fab_targeted",
+    "fab_targeted_run",
     "fgsm",
     "get_objective",
     "get_preset",
@@ -79,6 +102,7 @@ __all__ = [
     "per_example_norm",
     "pgd",
     "project",
+    "project_linf_hyperplane_box",
     "robust_accuracy",
     "sanity_checks",
     "smooth_comp_sum_term",

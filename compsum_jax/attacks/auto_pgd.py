@@ -43,10 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from compsum_jax.attacks import objectives, threat_model
-from compsum_jax.attacks.projected_gradient import (
-  better_than,
-  check_attack_args,
-)
+from compsum_jax.attacks.projected_gradient import better_than
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -209,13 +206,31 @@ def _merge(old: APGDResult, new: APGDResult) -> APGDResult:
       step_size=new.step_size)
 
 
+def _run_range(only_run: int | jax.Array | None, num_runs: int
+               ) -> tuple[int | jax.Array, int | jax.Array]:
+  """[first, last) of the runs to do: all, or the one run ``only_run``."""
+  if only_run is None:
+    return 0, num_runs
+  if isinstance(only_run, (int, np.integer)) and not 0 <= only_run < num_runs:
+    raise ValueError(f"only_run must lie in [0, {num_runs}), got "
+                     f"only_run={only_run!r}")
+  return only_run, only_run + 1
+
+
+def num_runs(num_classes: int, *, num_restarts: int = 1,
+             num_target_classes: int | None = None) -> int:
+  """Runs of an APGD call: R restarts, times T = min(T, n − 1) targets."""
+  if num_target_classes is None:
+    return num_restarts
+  return num_restarts * min(num_target_classes, num_classes - 1)
+
+
 def _check_common(logits_fn, x, labels, eps, norm, num_steps, num_restarts,
                   rho) -> int:
-  n = check_attack_args(logits_fn, x, labels, eps, norm)
+  n = threat_model.check_attack_args(logits_fn, x, labels, eps, norm)
   threat_model.check_positive_int(num_steps, "num_steps")
   threat_model.check_positive_int(num_restarts, "num_restarts")
-  if not (isinstance(rho, (int, float)) and 0.0 < rho <= 1.0):
-    raise ValueError(f"rho must be a number in (0, 1], got rho={rho!r}")
+  threat_model.check_fraction(rho, "rho")
   return n
 
 
@@ -223,12 +238,15 @@ def apgd_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
              key: jax.Array, *, eps: float | jax.Array, num_steps: int = 100,
              norm: str = "linf", loss: str | objectives.Objective = "ce",
              num_restarts: int = 1, rho: float = RHO,
-             target_labels: jax.Array | None = None) -> APGDResult:
+             target_labels: jax.Array | None = None,
+             only_run: int | jax.Array | None = None) -> APGDResult:
   """APGD with restarts, returning the full :class:`APGDResult`.
 
   Same arguments as :func:`apgd`. Restart r uses the per-example keys folded
   with r; the best run per example is kept (misclassified first, then the
-  higher best loss).
+  higher best loss). ``only_run=r`` (an int or a traced int32 scalar) runs
+  restart r alone, exactly as it runs inside the full call: the early-exit
+  evaluation calls it on the points still robust after restarts 0..r−1.
   """
   n = _check_common(logits_fn, x, labels, eps, norm, num_steps, num_restarts,
                     rho)
@@ -250,7 +268,8 @@ def apgd_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                        threat_model.fold_in_each(keys, r), eps, num_steps,
                        norm, objective, target_labels, rho)
 
-  result = jax.lax.fori_loop(0, num_restarts,
+  first, last = _run_range(only_run, num_restarts)
+  result = jax.lax.fori_loop(first, last,
                              lambda r, acc: _merge(acc, run(r)),
                              _empty_result(x, num_steps))
   return result._replace(x_adv=jax.lax.stop_gradient(result.x_adv))
@@ -292,8 +311,13 @@ def apgd_targeted_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                       key: jax.Array, *, eps: float | jax.Array,
                       num_steps: int = 100, norm: str = "linf",
                       num_target_classes: int = 9, num_restarts: int = 1,
-                      rho: float = RHO) -> APGDResult:
-  """APGD-T with the full :class:`APGDResult`; see :func:`apgd_targeted`."""
+                      rho: float = RHO,
+                      only_run: int | jax.Array | None = None) -> APGDResult:
+  """APGD-T with the full :class:`APGDResult`; see :func:`apgd_targeted`.
+
+  Run j = r·T + t attacks target t with restart r; ``only_run=j`` (int or
+  traced int32 scalar) runs it alone, as inside the full call.
+  """
   n = _check_common(logits_fn, x, labels, eps, norm, num_steps, num_restarts,
                     rho)
   objectives.check_dlr_classes(n, targeted=True)
@@ -312,7 +336,8 @@ def apgd_targeted_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     return _single_run(logits_fn, x, labels, run_keys, eps, num_steps, norm,
                        objective, targets, rho)
 
-  result = jax.lax.fori_loop(0, num_targets * num_restarts,
+  first, last = _run_range(only_run, num_targets * num_restarts)
+  result = jax.lax.fori_loop(first, last,
                              lambda j, acc: _merge(acc, run(j)),
                              _empty_result(x, num_steps))
   return result._replace(x_adv=jax.lax.stop_gradient(result.x_adv))

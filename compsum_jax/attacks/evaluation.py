@@ -3,9 +3,17 @@
 ``robust_accuracy`` runs a list of attacks in order, each only on the points
 that are still robust (correctly classified and not yet broken), as AutoAttack
 does (Croce & Hein 2020, §5), and reports exact counts per stage and the
-worst case. With ``run_all=True`` every attack runs on every clean-correct
-point instead, which also gives each attack's own robust accuracy; the worst
-case is then the per-point minimum over the attacks.
+worst case. Early exit also holds inside an attack: an attack that makes
+several separate runs (APGD restarts, APGD-T and FAB-T target classes)
+declares them (:class:`~compsum_jax.attacks.presets.Attack`), and run j
+attacks only the points that runs 0..j−1 left robust. The robust points are
+compacted on the host into batches of ``batch_size`` plus one smaller bucket
+(``batch_size``/4^k), so each attack compiles for a few shapes only. With
+``early_exit=False`` every attack makes all its runs on every clean-correct
+point (the exhaustive evaluation, same robust set). With ``run_all=True``
+every attack runs on every clean-correct point, which also gives each
+attack's own robust accuracy; the worst case is then the per-point minimum
+over the attacks.
 
 An attack's randomness depends only on (key, attack name, example index):
 example i gets the key fold_in(fold_in(key, crc32(name)), i). So a point's
@@ -16,16 +24,19 @@ Every returned adversarial point is checked to lie in the ε-ball and in
 [0, 1]; a point that does not is not counted as broken, and a warning says so.
 
 Sanity checks (as AutoAttack's ``checks.py``), reported and warned about:
-  * the forward pass is deterministic (two calls give the same logits);
+  * the forward pass is deterministic: several passes on the first batch
+    agree within a tolerance;
   * the outputs are logits, not probabilities (rows in [0, 1] summing to 1);
-  * no point has an (almost) zero input gradient of the cross-entropy;
-  * gradient masking: the gradient-free Square attack breaks points that the
+  * no evaluated point has an (almost) zero input gradient of the DLR loss
+    (cross-entropy with fewer than 3 classes);
+  * gradient masking: a gradient-free attack (Square) breaks points that the
     gradient-based attacks before it did not.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
@@ -36,17 +47,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from compsum_jax import losses, validation
-from compsum_jax.attacks import presets, threat_model
+from compsum_jax.attacks import objectives, presets, threat_model
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 AttackSpec = str | tuple[str, presets.AttackFn]
 
 # Slack on the ε-ball check: float32 rounding of (x + δ) − x.
 BALL_TOLERANCE = 1e-5
-# A gradient whose ℓ1 norm is below this counts as zero (AutoAttack's value).
+# A gradient whose ℓ1 norm is below this counts as zero.
 ZERO_GRADIENT_THRESHOLD = 1e-10
-# Attacks that use no gradient (their successes flag gradient masking).
-GRADIENT_FREE = frozenset({"square"})
+# Forward passes compared by the determinism check, and their tolerance on
+# max |z_k − z_1| / (1 + max |z_1|).
+DETERMINISM_PASSES = 3
+DETERMINISM_TOLERANCE = 1e-6
+# Smallest padded bucket of the host-side compaction.
+MIN_BUCKET = 8
 
 
 @dataclasses.dataclass
@@ -54,11 +69,16 @@ class SanityReport:
   """Outcome of :func:`sanity_checks`.
 
   Attributes:
-    deterministic: two forward passes gave identical logits.
-    max_abs_logit_difference: max |z₁ − z₂| over the two passes.
+    deterministic: every forward pass agreed with the first within the
+      tolerance.
+    max_abs_logit_difference: max |z_k − z_1| over the passes.
     looks_like_probabilities: every output row lies in [0, 1] and sums to 1.
-    num_zero_gradient: points whose cross-entropy input gradient has ℓ1 norm
-      below ``ZERO_GRADIENT_THRESHOLD``.
+    num_zero_gradient: points whose input gradient of ``gradient_objective``
+      has ℓ1 norm below ``ZERO_GRADIENT_THRESHOLD``.
+    num_forward_passes: passes compared by the determinism check.
+    tolerance: its relative tolerance.
+    num_gradient_points: points whose gradient was checked.
+    gradient_objective: 'dlr' (or 'ce' with fewer than 3 classes).
     messages: human-readable warnings (empty when all checks pass).
   """
   deterministic: bool
@@ -66,6 +86,14 @@ class SanityReport:
   looks_like_probabilities: bool
   num_zero_gradient: int
   messages: list[str]
+  num_forward_passes: int = DETERMINISM_PASSES
+  tolerance: float = DETERMINISM_TOLERANCE
+  num_gradient_points: int = 0
+  gradient_objective: str = "dlr"
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready fields."""
+    return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -83,6 +111,11 @@ class AttackStage:
     robust_after: per-point robustness after this stage, bool [N] (cascade:
       robust to this and every earlier attack; ``run_all``: to this attack
       alone); clean-misclassified points are False.
+    description: the attack's complete configuration, human-readable.
+    gradient_free: the attack declares it uses no gradient.
+    num_runs: its separate runs (restarts × target classes).
+    num_point_runs: Σ over runs of the points attacked (the work done).
+    seconds: wall time of the stage (compilation included).
   """
   name: str
   num_attacked: int
@@ -91,6 +124,21 @@ class AttackStage:
   robust_accuracy_after: float
   num_outside_threat_model: int
   robust_after: np.ndarray
+  description: str = ""
+  gradient_free: bool = False
+  num_runs: int = 1
+  num_point_runs: int = 0
+  seconds: float = 0.0
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready fields (without the per-point array)."""
+    return {"name": self.name, "description": self.description,
+            "gradient_free": self.gradient_free, "num_runs": self.num_runs,
+            "num_attacked": self.num_attacked, "num_broken": self.num_broken,
+            "num_robust_after": self.num_robust_after,
+            "robust_accuracy_after": self.robust_accuracy_after,
+            "num_outside_threat_model": self.num_outside_threat_model,
+            "num_point_runs": self.num_point_runs, "seconds": self.seconds}
 
 
 @dataclasses.dataclass
@@ -114,6 +162,7 @@ class RobustAccuracyReport:
       gradient-based attacks run before it did not.
     num_broken_only_by_gradient_free: how many such points.
     messages: warnings raised during the evaluation.
+    early_exit: whether runs and stages attacked only still-robust points.
   """
   num_examples: int
   num_clean_correct: int
@@ -130,9 +179,33 @@ class RobustAccuracyReport:
   gradient_masking_suspected: bool
   num_broken_only_by_gradient_free: int
   messages: list[str]
+  early_exit: bool = True
+
+  @property
+  def attack_configuration(self) -> list[str]:
+    """'name: description' per stage, the exact attacks behind the number."""
+    return [f"{s.name}: {s.description}" for s in self.stages]
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready summary: counts, stages with their configuration, checks."""
+    return {
+        "num_examples": self.num_examples,
+        "num_clean_correct": self.num_clean_correct,
+        "clean_accuracy": self.clean_accuracy,
+        "num_robust": self.num_robust,
+        "robust_accuracy": self.robust_accuracy,
+        "eps": self.eps, "norm": self.norm, "early_exit": self.early_exit,
+        "attack_configuration": self.attack_configuration,
+        "stages": [s.to_dict() for s in self.stages],
+        "sanity": None if self.sanity is None else self.sanity.to_dict(),
+        "gradient_masking_suspected": self.gradient_masking_suspected,
+        "num_broken_only_by_gradient_free":
+            self.num_broken_only_by_gradient_free,
+        "messages": list(self.messages),
+    }
 
   def summary(self) -> str:
-    """A markdown table of the stages and the worst case."""
+    """A markdown table of the stages and the worst case, then the attacks."""
     n = self.num_examples
     lines = [f"threat model: {self.norm} eps={self.eps:.6g}; N={n}", "",
              "| stage | attacked | broken | robust after | robust acc |",
@@ -144,65 +217,114 @@ class RobustAccuracyReport:
                    f"{s.num_robust_after} | {s.robust_accuracy_after:.2%} |")
     lines.append(f"| worst case | | | {self.num_robust} | "
                  f"{self.robust_accuracy:.2%} |")
+    lines += [""] + [f"- {c}" for c in self.attack_configuration]
     if self.messages:
       lines += [""] + [f"- {m}" for m in self.messages]
     return "\n".join(lines)
 
 
+def bucket_size(count: int, batch_size: int) -> int:
+  """Smallest of batch_size, batch_size/4, batch_size/16, … (≥ MIN_BUCKET)
+  that holds ``count`` points (count ≤ batch_size)."""
+  size = batch_size
+  while size // 4 >= max(count, MIN_BUCKET):
+    size //= 4
+  return size
+
+
 def _batched(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray],
              batch_size: int) -> np.ndarray:
-  """Applies ``fn`` to fixed-size chunks (the last one padded) and concatenates.
+  """Applies ``fn`` to fixed-size chunks and concatenates.
 
-  Padding repeats the last row, so ``fn`` compiles for one batch shape only.
+  Full chunks have ``batch_size`` rows; the last one is padded (repeating its
+  last row) to :func:`bucket_size`, so ``fn`` compiles for a few shapes only.
   """
   total = arrays[0].shape[0]
   outs = []
   for start in range(0, total, batch_size):
     stop = min(start + batch_size, total)
+    size = bucket_size(stop - start, batch_size)
     chunk = []
     for a in arrays:
       c = a[start:stop]
-      if stop - start < batch_size:
-        pad = np.repeat(c[-1:], batch_size - (stop - start), axis=0)
+      if stop - start < size:
+        pad = np.repeat(c[-1:], size - (stop - start), axis=0)
         c = np.concatenate([c, pad], axis=0)
       chunk.append(c)
     outs.append(np.asarray(fn(*chunk))[:stop - start])
   return np.concatenate(outs, axis=0)
 
 
-def sanity_checks(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array
-                  ) -> SanityReport:
-  """AutoAttack-style checks on ``logits_fn`` at a batch x [B, ...], labels [B].
+def sanity_checks(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *,
+                  batch_size: int = 256,
+                  num_passes: int = DETERMINISM_PASSES,
+                  tolerance: float = DETERMINISM_TOLERANCE) -> SanityReport:
+  """AutoAttack-style checks on ``logits_fn`` at x [B, ...], labels [B].
+
+  Determinism: ``num_passes`` forward passes on the first ``batch_size``
+  points must agree, max |z_k − z_1| ≤ tolerance·(1 + max |z_1|). Zero
+  gradients: the input gradient of the DLR loss (Croce & Hein 2020, eq. 5;
+  cross-entropy with fewer than 3 classes) at every given point, in batches.
 
   Returns:
     A :class:`SanityReport`; its ``messages`` say what failed and why it
     matters for the evaluation.
   """
-  z1 = np.asarray(logits_fn(x), np.float64)
-  z2 = np.asarray(logits_fn(x), np.float64)
-  diff = float(np.max(np.abs(z1 - z2))) if z1.size else 0.0
+  threat_model.check_positive_int(num_passes, "num_passes")
+  if num_passes < 2:
+    raise ValueError(f"num_passes must be >= 2 to compare passes, got "
+                     f"num_passes={num_passes}")
+  threat_model.check_eps(tolerance, "tolerance")
+  x_np, y_np = np.asarray(x), np.asarray(labels)
+  num = x_np.shape[0]
+  if not num:
+    raise ValueError("sanity_checks needs at least one point, got x of shape "
+                     f"{x_np.shape}")
+  first = jnp.asarray(x_np[:min(batch_size, num)])
+  z1 = np.asarray(logits_fn(first), np.float64)
+  diff = 0.0
+  for _ in range(num_passes - 1):
+    zk = np.asarray(logits_fn(first), np.float64)
+    if z1.size:
+      diff = max(diff, float(np.max(np.abs(zk - z1))))
+  scale = 1.0 + (float(np.max(np.abs(z1))) if z1.size else 0.0)
+  deterministic = diff <= tolerance * scale
   probs_like = bool(np.all((z1 >= 0) & (z1 <= 1))
                     and np.allclose(z1.sum(-1), 1.0, atol=1e-5))
+  num_classes = z1.shape[-1]
+  objective_name = "dlr" if num_classes >= 3 else "ce"
 
-  def ce_sum(xa):
-    return jnp.sum(losses.comp_sum_loss(logits_fn(xa), labels, 1.0))
+  def gradient_l1(xb, yb):
+    def total(xa):
+      z = logits_fn(xa)
+      if objective_name == "dlr":
+        return jnp.sum(objectives.dlr(z, yb))
+      return jnp.sum(losses.comp_sum_loss(z, yb, 1.0))
+    g = jax.grad(total)(xb)
+    return jnp.sum(jnp.abs(g.reshape(g.shape[0], -1)), axis=-1)  # ‖∇‖₁
 
-  grad = np.asarray(jax.grad(ce_sum)(x)).reshape(x.shape[0], -1)
-  zero = int(np.sum(np.abs(grad).sum(-1) < ZERO_GRADIENT_THRESHOLD))
+  zero = 0
+  if num:
+    l1 = _batched(jax.jit(gradient_l1), [x_np, y_np], batch_size)
+    zero = int(np.sum(l1 < ZERO_GRADIENT_THRESHOLD))
   messages = []
-  if diff > 0:
+  if not deterministic:
     messages.append(f"the forward pass is not deterministic (max logit "
-                    f"difference {diff:.3g} between two calls): randomized "
+                    f"difference {diff:.3g} over {num_passes} passes, "
+                    f"tolerance {tolerance:g}·(1 + max|z|)): randomized "
                     f"defenses need EOT attacks; results may be unreliable")
   if probs_like:
     messages.append("logits_fn seems to return probabilities (rows in [0, 1] "
                     "summing to 1); attacks expect logits, and the CE/DLR "
                     "gradients are then distorted")
   if zero:
-    messages.append(f"{zero} of {x.shape[0]} points have zero input gradient "
-                    f"of the cross-entropy: gradient-based attacks cannot "
-                    f"move them (possible gradient masking)")
-  return SanityReport(diff == 0.0, diff, probs_like, zero, messages)
+    messages.append(f"{zero} of {num} points have zero input gradient of the "
+                    f"{objective_name.upper()} loss: gradient-based attacks "
+                    f"cannot move them (possible gradient masking)")
+  return SanityReport(deterministic, diff, probs_like, zero, messages,
+                      num_forward_passes=num_passes, tolerance=tolerance,
+                      num_gradient_points=num,
+                      gradient_objective=objective_name)
 
 
 def _example_keys(key: jax.Array, name: str, num: int, offset: int = 0
@@ -217,16 +339,32 @@ def _example_keys(key: jax.Array, name: str, num: int, offset: int = 0
   return np.asarray(jax.random.key_data(keys))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Stage:
+  """One resolved attack of the evaluation and what it declares."""
+  name: str
+  attack: Any  # presets.Attack or a custom attack_fn
+  eps: float | None
+  norm: str | None
+  description: str
+  gradient_free: bool
+  # What identifies its compiled program: the configuration of a preset,
+  # the object itself for a custom attack.
+  cache_key: tuple[Any, ...] = ()
+
+  def num_runs(self, num_classes: int) -> int:
+    runs = getattr(self.attack, "num_runs", None)
+    return int(runs(num_classes)) if callable(runs) else 1
+
+
 def _resolve_attacks(attacks: str | Sequence[AttackSpec],
-                     overrides: dict[str, Any]
-                     ) -> list[tuple[str, presets.AttackFn, float | None,
-                                     str | None, str | None]]:
-  """(name, fn, ε, norm, config repr) per attack; None for custom callables."""
+                     overrides: dict[str, Any]) -> list[_Stage]:
+  """One :class:`_Stage` per attack (cascades expanded)."""
   if isinstance(attacks, str):
     names = list(presets.get_preset(attacks)["cascade"]) if presets.is_cascade(
         attacks) else [attacks]
     attacks = names
-  out = []
+  out: list[_Stage] = []
   extra = {k: v for k, v in overrides.items()
            if k not in ("eps", "norm") and v is not None}
   named = [s for s in attacks if isinstance(s, str)]
@@ -240,12 +378,20 @@ def _resolve_attacks(attacks: str | Sequence[AttackSpec],
       if presets.is_cascade(spec):
         out += _resolve_attacks(spec, overrides)
         continue
-      cfg = presets.resolve(spec, **presets.member_overrides(spec, overrides))
-      eps, norm = presets.threat_model_of(cfg)
-      out.append((spec, presets.build_attack(cfg), eps, norm, repr(cfg)))
+      attack = presets.build_attack(
+          spec, **presets.member_overrides(spec, overrides))
+      out.append(_Stage(spec, attack, attack.eps, attack.norm,
+                        attack.describe(), attack.gradient_free,
+                        ("preset", attack.describe())))
     elif (isinstance(spec, tuple) and len(spec) == 2
           and isinstance(spec[0], str) and callable(spec[1])):
-      out.append((spec[0], spec[1], None, None, None))
+      # A custom attack carries its properties if it has them (an Attack).
+      fn = spec[1]
+      describe = getattr(fn, "describe", None)
+      out.append(_Stage(
+          spec[0], fn, getattr(fn, "eps", None), getattr(fn, "norm", None),
+          describe() if callable(describe) else f"custom attack {spec[0]!r}",
+          bool(getattr(fn, "gradient_free", False)), ("custom", fn)))
     else:
       raise ValueError(f"each attack must be a preset name or a (name, "
                        f"attack_fn) pair, got {spec!r}")
@@ -259,29 +405,40 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                     attacks: str | Sequence[AttackSpec] = "aa_standard_like",
                     *, eps: float | None = None, norm: str | None = None,
                     batch_size: int = 256, run_all: bool = False,
-                    run_checks: bool = True,
+                    early_exit: bool = True, run_checks: bool = True,
                     overrides: dict[str, Any] | None = None,
+                    jit_cache: dict[Any, Any] | None = None,
                     example_offset: int = 0) -> RobustAccuracyReport:
   """Robust accuracy under a cascade of attacks, with exact counts.
 
   Args:
     logits_fn: maps inputs [B, ...] to logits [B, n]; pure and deterministic
-      (it is jitted per attack).
+      (it is jitted per attack), examples independent.
     x: clean inputs in [0, 1], [N, ...].
     labels: integer [N].
     key: PRNG key.
-    attacks: a preset name (a cascade such as 'aa_standard_like' or a single
+    attacks: a preset name (a cascade such as 'aa_standard' or a single
       attack), or a sequence of preset names and ``(name, attack_fn)`` pairs
-      with ``attack_fn(logits_fn, x, labels, key) -> x_adv``.
+      with ``attack_fn(logits_fn, x, labels, key) -> x_adv`` (an
+      :class:`~compsum_jax.attacks.presets.Attack` keeps its properties).
     eps: the threat model's ε; overrides the presets' ε. Required when a
       custom attack is given; otherwise all presets must agree on ε.
-    norm: 'linf' or 'l2'; overrides the presets' norm (Square is ℓ∞ only).
-    batch_size: examples per compiled call (the last chunk is padded).
+    norm: 'linf' or 'l2'; overrides the presets' norm (Square and FAB-T are
+      ℓ∞ only).
+    batch_size: examples per compiled call (the last chunk is padded to a
+      bucket of batch_size/4^k rows).
     run_all: run every attack on every clean-correct point (per-attack robust
       accuracy) instead of only on the points still robust.
-    run_checks: run :func:`sanity_checks` on the first batch.
+    early_exit: attack only still-robust points between the runs of an
+      attack (restarts, target classes) and between attacks; False runs
+      every attack in full on every clean-correct point (same robust set,
+      more work).
+    run_checks: run :func:`sanity_checks` (on the clean-correct points).
     overrides: further keyword overrides for every preset attack (e.g.
       ``{'num_steps': 20}``).
+    jit_cache: a dict owned by the caller: the jitted attacks are kept there
+      (keyed by logits_fn and the attack's configuration), so later calls
+      with the same dict and logits_fn reuse their compilations.
     example_offset: global index of ``x[0]`` when ``x`` is a contiguous share
       of a larger set (one process's share): example i's attack keys are
       those of example ``example_offset + i`` of the whole set, so the shares'
@@ -307,8 +464,8 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   all_overrides = dict(overrides or {})
   all_overrides.update({"eps": eps, "norm": norm})
   resolved = _resolve_attacks(attacks, all_overrides)
-  eps_set = {r[2] for r in resolved if r[2] is not None}
-  norm_set = {r[3] for r in resolved if r[3] is not None}
+  eps_set = {r.eps for r in resolved if r.eps is not None}
+  norm_set = {r.norm for r in resolved if r.norm is not None}
   if eps is None:
     if len(eps_set) != 1:
       raise ValueError(f"eps must be given (custom attacks) or the presets "
@@ -323,19 +480,44 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   x_np = np.asarray(x)
   y_np = np.asarray(labels)
   num = x_np.shape[0]
-  logits_jit = jax.jit(logits_fn)
+  cache = {} if jit_cache is None else jit_cache
+
+  def cached_jit(key_parts: tuple[Any, ...], make: Callable[[], Callable]):
+    full_key = (logits_fn,) + key_parts
+    if full_key not in cache:
+      cache[full_key] = jax.jit(make())
+    return cache[full_key]
+
+  logits_jit = cached_jit(("logits",), lambda: logits_fn)
   clean_logits = _batched(logits_jit, [x_np], batch_size)
   threat_model.check_logits_fn_output(jnp.asarray(clean_logits[:1]),
                                       jnp.asarray(y_np[:1]))
   validation.check_labels(y_np, clean_logits.shape)
+  num_classes = clean_logits.shape[-1]
   correct = clean_logits.argmax(-1) == y_np
   messages: list[str] = []
   sanity = None
   if run_checks:
-    b = min(batch_size, num)
-    sanity = sanity_checks(logits_jit, jnp.asarray(x_np[:b]),
-                           jnp.asarray(y_np[:b]))
+    # On the evaluated (clean-correct) points; on all if there are none.
+    checked = correct if correct.any() else np.ones(num, bool)
+    sanity = sanity_checks(logits_jit, x_np[checked], y_np[checked],
+                           batch_size=batch_size)
     messages += sanity.messages
+
+  def attack_points(fn, points: np.ndarray, keys: np.ndarray,
+                    run_index: int | None = None):
+    """(x_att, fooled, inside) of ``fn`` on the points with these indices."""
+    arrays = [x_np[points], y_np[points], keys[points]]
+    if run_index is not None:  # as an array: one compilation for every run
+      arrays.append(np.full(points.size, run_index, np.int32))
+    x_att = _batched(fn, arrays, batch_size)
+    pred = _batched(logits_jit, [x_att], batch_size).argmax(-1)
+    dist = np.asarray(threat_model.per_example_norm(
+        jnp.asarray(x_att - x_np[points]), norm))
+    flat = x_att.reshape(points.size, -1)
+    inside = ((dist <= eps + BALL_TOLERANCE) & (flat.min(-1) >= 0.0)
+              & (flat.max(-1) <= 1.0))
+    return x_att, (pred != y_np[points]) & inside, inside
 
   robust = correct.copy()
   broken_by = np.where(correct, -1, -2)
@@ -343,25 +525,39 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   stages = []
   gradient_based_robust = None  # robust to the gradient-based attacks so far
   num_gradient_free_only = 0
-  for index, (name, attack_fn, _, _, _) in enumerate(resolved):
-    todo = np.nonzero(correct if run_all else robust)[0]
+  for index, stage in enumerate(resolved):
+    start_time = time.perf_counter()
+    name = stage.name
+    todo = np.nonzero(robust if (early_exit and not run_all) else correct)[0]
     keys = _example_keys(key, name, num, int(example_offset))
-    jitted = jax.jit(lambda xb, yb, kb, f=attack_fn: f(
-        logits_fn, xb, yb, jax.random.wrap_key_data(kb)))
-    if todo.size:
-      x_att = _batched(jitted, [x_np[todo], y_np[todo], keys[todo]],
-                       batch_size)
-      pred = _batched(logits_jit, [x_att], batch_size).argmax(-1)
-      dist = np.asarray(threat_model.per_example_norm(
-          jnp.asarray(x_att - x_np[todo]), norm))
-      inside = ((dist <= eps + BALL_TOLERANCE)
-                & (x_att.reshape(todo.size, -1).min(-1) >= 0.0)
-                & (x_att.reshape(todo.size, -1).max(-1) <= 1.0))
-      fooled = (pred != y_np[todo]) & inside
-    else:
-      x_att = x_np[:0]
-      inside = fooled = np.zeros(0, bool)
-    outside = int(np.sum(~inside))
+    runs = stage.num_runs(num_classes)
+    fooled = np.zeros(todo.size, bool)
+    x_att = x_np[todo].copy()
+    outside = 0
+    point_runs = 0
+    if early_exit and runs > 1:
+      # Run j only on the points that runs 0..j−1 left robust.
+      run_jit = cached_jit(
+          ("run", stage.name) + stage.cache_key,
+          lambda a=stage.attack: lambda xb, yb, kb, jb: a.run(
+              logits_fn, xb, yb, jax.random.wrap_key_data(kb), jb[0]))
+      for j in range(runs):
+        left = np.nonzero(~fooled)[0]
+        if not left.size:
+          break
+        point_runs += left.size
+        x_j, fooled_j, inside_j = attack_points(run_jit, todo[left], keys, j)
+        outside += int(np.sum(~inside_j))
+        x_att[left[fooled_j]] = x_j[fooled_j]
+        fooled[left[fooled_j]] = True
+    elif todo.size:
+      point_runs = todo.size * runs
+      jitted = cached_jit(
+          ("full", stage.name) + stage.cache_key,
+          lambda f=stage.attack: lambda xb, yb, kb: f(
+              logits_fn, xb, yb, jax.random.wrap_key_data(kb)))
+      x_att, fooled, inside = attack_points(jitted, todo, keys)
+      outside = int(np.sum(~inside))
     if outside:
       messages.append(f"{name}: {outside} returned points lie outside the "
                       f"{norm} ball of radius {eps} or [0, 1]; they were not "
@@ -369,10 +565,10 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     newly = todo[fooled & robust[todo]]
     broken_by[newly] = index
     x_adv_all[newly] = x_att[fooled & robust[todo]]
-    if name in GRADIENT_FREE and gradient_based_robust is not None:
+    if stage.gradient_free and gradient_based_robust is not None:
       only_here = todo[fooled & gradient_based_robust[todo]]
       num_gradient_free_only += only_here.size
-    if name not in GRADIENT_FREE:
+    if not stage.gradient_free:
       if gradient_based_robust is None:
         gradient_based_robust = correct.copy()
       gradient_based_robust[todo[fooled]] = False
@@ -383,8 +579,12 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     else:
       robust_after = robust.copy()
     after = int(np.sum(robust_after))
-    stages.append(AttackStage(name, int(todo.size), int(np.sum(fooled)),
-                              after, after / num, outside, robust_after))
+    stages.append(AttackStage(
+        name, int(todo.size), int(np.sum(fooled)), after, after / num,
+        outside, robust_after, description=stage.description,
+        gradient_free=stage.gradient_free, num_runs=runs,
+        num_point_runs=int(point_runs),
+        seconds=time.perf_counter() - start_time))
 
   if num_gradient_free_only:
     messages.append(f"gradient masking suspected: the gradient-free attack "
@@ -401,4 +601,4 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
       norm=norm, sanity=sanity,
       gradient_masking_suspected=num_gradient_free_only > 0,
       num_broken_only_by_gradient_free=num_gradient_free_only,
-      messages=messages)
+      messages=messages, early_exit=early_exit)

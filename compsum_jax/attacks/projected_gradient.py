@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from compsum_jax import validation
 from compsum_jax.attacks import objectives, threat_model
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -52,18 +51,8 @@ def _as_schedule(step_size: float | Schedule) -> Schedule:
   return lambda _: step_size
 
 
-def check_attack_args(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
-                      eps: float | jax.Array, norm: str) -> int:
-  """Checks inputs, ε, the norm and the shape of logits_fn(x); returns n."""
-  threat_model.check_norm(norm)
-  threat_model.check_eps(eps)
-  threat_model.check_inputs(x, labels)
-  out = jax.eval_shape(logits_fn, x)
-  threat_model.check_logits_fn_output(
-      jax.ShapeDtypeStruct(out.shape, out.dtype), labels)
-  # Label values (when concrete) against the number of classes.
-  validation.check_labels(labels, out.shape)
-  return out.shape[-1]
+# The argument checks shared by every attack live in ``threat_model``.
+check_attack_args = threat_model.check_attack_args
 
 
 def better_than(mis_new: jax.Array, loss_new: jax.Array, mis_best: jax.Array,

@@ -11,7 +11,10 @@ Per example, with images x of shape [H, W, C] (NHWC batches) and ε:
          and channel (vertical stripes, §3.1 of the paper);
   loss:  L(x̂) = z_y(x̂) − max_{i≠y} z_i(x̂) (the margin; < 0 means fooled);
   step i: side h_i = max(1, min(H − 1, round(sqrt(p_i·H·W)))) with
-         p_i = p_init·2^{−m(i)} piecewise in i/Q·10⁴ (Q the query budget);
+         p_i = p_init·2^{−m(i)}, m(i) piecewise constant in i (AutoAttack
+         'standard', ``rescale_schedule=False``, the default) or in i/Q·10⁴
+         (``rescale_schedule=True``: the schedule stretched to the budget Q,
+         the paper's code for budgets other than 10⁴);
          a random window (r, c) ∈ [0, H − h_i) × [0, W − h_i) of side h_i is
          set to x + ε·σ_ch with a random sign σ per channel (resampled when it
          would not change the window), clipped to [0, 1]; the candidate is
@@ -33,12 +36,12 @@ import jax.numpy as jnp
 
 from compsum_jax import losses
 from compsum_jax.attacks import threat_model
-from compsum_jax.attacks.projected_gradient import check_attack_args
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
-# Fraction schedule of the paper/AutoAttack: p_i = p_init / 2^m for i/Q·10⁴ in
-# (10, 50], (50, 200], (200, 500], (500, 1k], (1k, 2k], (2k, 4k], (4k, 6k],
+# Fraction schedule of the paper/AutoAttack: p_i = p_init / 2^m for i (or
+# i/Q·10⁴ when rescaled) in (10, 50], (50, 200], (200, 500], (500, 1k],
+# (1k, 2k], (2k, 4k], (4k, 6k],
 # (6k, 8k], (8k, ∞) → m = 1..9.
 _P_BOUNDARIES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 # Resampling the window signs when they would not change it (paper's code).
@@ -58,28 +61,35 @@ class SquareResult(NamedTuple):
   queries: jax.Array
 
 
-def p_selection(p_init: float, iteration: jax.Array,
-                num_queries: int) -> jax.Array:
-  """Fraction p_i of pixels changed at step i (piecewise halving schedule)."""
-  scaled = (iteration.astype(jnp.float32) / num_queries * 10000.0).astype(
-      jnp.int32)  # i rescaled to a 10⁴-query budget, as in the paper's code
+def p_selection(p_init: float, iteration: jax.Array, num_queries: int,
+                rescale_schedule: bool = False) -> jax.Array:
+  """Fraction p_i of pixels changed at step i (piecewise halving schedule).
+
+  p_i = p_init·2^{−m(i)}, m counting the boundaries (10, 50, 200, 500, 1k, 2k,
+  4k, 6k, 8k) below i, or below i/Q·10⁴ with ``rescale_schedule``.
+  """
+  scaled = iteration.astype(jnp.int32)
+  if rescale_schedule:  # i rescaled to a 10⁴-query budget
+    scaled = (iteration.astype(jnp.float32) / num_queries * 10000.0).astype(
+        jnp.int32)
   halvings = sum((scaled > b).astype(jnp.int32) for b in _P_BOUNDARIES)
   return p_init / (2.0 ** halvings)  # p_i = p_init·2^{−m(i)}
 
 
 def square_attack_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                       key: jax.Array, *, eps: float | jax.Array,
-                      num_queries: int = 5000, p_init: float = 0.8
-                      ) -> SquareResult:
+                      num_queries: int = 5000, p_init: float = 0.8,
+                      rescale_schedule: bool = False) -> SquareResult:
   """ℓ∞ Square Attack with its query accounting; see :func:`square_attack`."""
-  check_attack_args(logits_fn, x, labels, eps, "linf")
+  threat_model.check_attack_args(logits_fn, x, labels, eps, "linf")
   if x.ndim != 4:
     raise ValueError(f"square attack needs images x of shape [B, H, W, C], "
                      f"got shape {tuple(x.shape)}")
   num_queries = threat_model.check_positive_int(num_queries, "num_queries")
-  if not (isinstance(p_init, (int, float)) and 0.0 < p_init <= 1.0):
-    raise ValueError(f"p_init must be a number in (0, 1], got p_init="
-                     f"{p_init!r}")
+  threat_model.check_fraction(p_init, "p_init")
+  if not isinstance(rescale_schedule, bool):
+    raise ValueError(f"rescale_schedule must be True or False, got "
+                     f"rescale_schedule={rescale_schedule!r}")
   batch, height, width, channels = x.shape
   if min(height, width) < 2:
     raise ValueError(f"square attack needs H, W >= 2, got H={height}, "
@@ -141,7 +151,7 @@ def square_attack_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   def body(state):
     i, x_best, margin_best, queries = state
     active = (margin_best > 0) & (queries < num_queries)
-    p = p_selection(p_init, i, num_queries)
+    p = p_selection(p_init, i, num_queries, rescale_schedule)
     side = jnp.round(jnp.sqrt(p * height * width)).astype(jnp.int32)
     side = jnp.clip(side, 1, min(height, width) - 1)
     step_keys = threat_model.fold_in_each(keys, i)
@@ -161,7 +171,8 @@ def square_attack_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
 
 def square_attack(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                   key: jax.Array, *, eps: float | jax.Array,
-                  num_queries: int = 5000, p_init: float = 0.8) -> jax.Array:
+                  num_queries: int = 5000, p_init: float = 0.8,
+                  rescale_schedule: bool = False) -> jax.Array:
   """ℓ∞ Square Attack (Andriushchenko et al. 2020), margin loss, query budget.
 
   Args:
@@ -173,10 +184,14 @@ def square_attack(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     eps: ε ≥ 0 (scalar or [B]).
     num_queries: query budget Q ≥ 1 per example (AutoAttack standard: 5000).
     p_init: initial fraction p_init ∈ (0, 1] of changed pixels (0.8).
+    rescale_schedule: False (AutoAttack 'standard'): p halves at fixed
+      iterations 10, 50, 200, …; True: the iterations are scaled by Q/10⁴, so
+      the whole schedule fits into the budget Q.
 
   Returns:
     Points in B_∞(x, ε) ∩ [0, 1]^d, [B, H, W, C]; misclassified where the
     attack succeeded, else the lowest-margin point found.
   """
   return square_attack_run(logits_fn, x, labels, key, eps=eps,
-                           num_queries=num_queries, p_init=p_init).x_adv
+                           num_queries=num_queries, p_init=p_init,
+                           rescale_schedule=rescale_schedule).x_adv

@@ -57,6 +57,21 @@ def check_positive_int(value: Any, name: str, *, allow_zero: bool = False
   return int(value)
 
 
+def check_fraction(value: Any, name: str, *, low_open: bool = True,
+                   high: float = 1.0) -> float:
+  """Returns ``value`` as float if it is a number in (0, high] (or [0, high])."""
+  ok = isinstance(value, (int, float, np.floating)) and not isinstance(
+      value, bool)
+  if ok:
+    v = float(value)
+    ok = (v > 0.0 if low_open else v >= 0.0) and v <= high
+  if not ok:
+    bracket = "(" if low_open else "["
+    raise ValueError(f"{name} must be a number in {bracket}0, {high:g}], got "
+                     f"{name}={value!r}")
+  return float(value)
+
+
 def check_inputs(x: jax.Array, labels: jax.Array) -> None:
   """x: [B, ...] floats in [0, 1]; labels: integer [B] (values checked later).
 
@@ -95,6 +110,27 @@ def check_logits_fn_output(logits: jax.Array, labels: jax.Array) -> None:
                      f"[batch, num_classes], got shape {shape}")
   validation.check_logits(logits)
   validation.check_labels(labels, shape)
+
+
+def check_attack_args(logits_fn: Any, x: jax.Array, labels: jax.Array,
+                      eps: float | jax.Array, norm: str,
+                      norms: tuple[str, ...] = NORMS) -> int:
+  """The checks every attack runs first; returns the number of classes n.
+
+  Checks the norm (one of ``norms``), ε ≥ 0, x in [0, 1] with one label per
+  example, and that ``logits_fn(x)`` has shape [B, n] with labels in [0, n)
+  (by ``jax.eval_shape``: nothing is computed).
+  """
+  if norm not in norms:
+    raise ValueError(f"norm must be one of {norms} for this attack, got "
+                     f"norm={norm!r}")
+  check_eps(eps)
+  check_inputs(x, labels)
+  out = jax.eval_shape(logits_fn, x)
+  check_logits_fn_output(jax.ShapeDtypeStruct(out.shape, out.dtype), labels)
+  # Label values (when concrete) against the number of classes.
+  validation.check_labels(labels, out.shape)
+  return out.shape[-1]
 
 
 def per_example_norm(v: jax.Array, norm: str) -> jax.Array:

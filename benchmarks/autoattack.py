@@ -1,0 +1,201 @@
+"""Benchmark: the 'aa_standard' cascade against torchattacks' AutoAttack (CPU).
+
+Run by hand from the repository root (needs torch and torchattacks:
+``make install-bench``; the library and the default tests never import them):
+
+    .venv/bin/python benchmarks/autoattack.py [--num-digits 100] \\
+        [--num-cifar 32] [--out benchmarks/results/autoattack.md]
+
+Two networks, each attacked by both libraries on the same weights and the
+same test points in one process:
+
+* digits: the small CNN of ``compsum_jax.models`` trained on scikit-learn's
+  digits (8×8×1), ℓ∞ ε = 0.1 (as ``benchmarks/attacks.py``);
+* cifar-sized: the same CNN on 32×32×3 inputs with random weights, inputs
+  uniform in [0, 1], labels = the network's own predictions (clean accuracy
+  100 %), ε = 8/255.
+
+For each: ``compsum_jax.attacks.robust_accuracy(..., 'aa_standard')`` (cold:
+with compilation; warm: a second call) and
+``torchattacks.AutoAttack(version='standard')``: robust accuracy and wall
+time. Then early exit on vs off (``early_exit=False``: every attack makes
+all its runs on every clean-correct point) on digits at two ε, warm times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torchattacks
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# pylint: disable=wrong-import-position
+from _machine import cpu_model, load_average  # noqa: E402
+from attacks import TorchCNN, train_cnn  # noqa: E402
+
+from compsum_jax import attacks  # noqa: E402
+from compsum_jax.models import get_model  # noqa: E402
+
+
+def _jax_run(logits_fn, x, y, eps, batch_size, cache, early_exit=True):
+  start = time.perf_counter()
+  report = attacks.robust_accuracy(
+      logits_fn, jnp.asarray(x), jnp.asarray(y), jax.random.key(0),
+      "aa_standard", eps=eps, batch_size=batch_size, early_exit=early_exit,
+      jit_cache=cache)
+  return report, time.perf_counter() - start
+
+
+def _torch_run(net, x, y, eps, num_classes):
+  x_t = torch.tensor(x.transpose(0, 3, 1, 2).copy())
+  y_t = torch.tensor(y.astype(np.int64))
+  attack = torchattacks.AutoAttack(net, norm="Linf", eps=eps,
+                                   version="standard", n_classes=num_classes,
+                                   seed=0)
+  start = time.perf_counter()
+  x_adv = attack(x_t, y_t)
+  seconds = time.perf_counter() - start
+  with torch.no_grad():
+    robust = float((net(x_adv).argmax(-1) == y_t).float().mean())
+  linf = float((x_adv - x_t).abs().max())
+  return robust, seconds, linf
+
+
+def _side_by_side(title, logits_fn, net, x, y, eps, batch_size):
+  cache = {}  # the warm call reuses the cold call's compilations
+  report, cold = _jax_run(logits_fn, x, y, eps, batch_size, cache)
+  report, warm = _jax_run(logits_fn, x, y, eps, batch_size, cache)
+  robust_t, torch_s, linf = _torch_run(net, x, y, eps, 10)
+  row = dict(title=title, n=len(y), eps=eps, clean=report.clean_accuracy,
+             jax_robust=report.robust_accuracy, jax_cold=cold, jax_warm=warm,
+             torch_robust=robust_t, torch_s=torch_s, torch_linf=linf,
+             stages=[(s.name, s.num_attacked, s.num_broken, s.num_point_runs,
+                      s.seconds) for s in report.stages],
+             config=report.attack_configuration)
+  print(row, flush=True)
+  return row
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--num-digits", type=int, default=100)
+  parser.add_argument("--num-cifar", type=int, default=32)
+  parser.add_argument("--train-steps", type=int, default=400)
+  parser.add_argument("--early-exit-eps", type=float, nargs=2,
+                      default=(0.05, 0.2))
+  parser.add_argument("--torch-threads", type=int, default=2)
+  parser.add_argument("--out", default="benchmarks/results/autoattack.md")
+  args = parser.parse_args()
+  torch.set_num_threads(args.torch_threads)
+  load_start = load_average()
+  t0 = time.perf_counter()
+
+  # Digits CNN, trained as in benchmarks/attacks.py.
+  model, variables, x_te, y_te = train_cnn(args.train_steps)
+  net = TorchCNN(variables["params"]).eval()
+  digits_fn = lambda x: model.apply(variables, x, train=False)
+  x_d, y_d = x_te[:args.num_digits], y_te[:args.num_digits]
+  with torch.no_grad():
+    z_t = net(torch.tensor(x_d.transpose(0, 3, 1, 2).copy())).numpy()
+  diff_d = float(np.max(np.abs(np.asarray(digits_fn(x_d)) - z_t)))
+  assert diff_d < 1e-3, diff_d
+
+  # 32×32×3 CNN with random weights; labels = its own predictions.
+  cnn32 = get_model("cnn", 10)
+  rng = np.random.default_rng(0)
+  x_c = rng.random((args.num_cifar, 32, 32, 3), dtype=np.float32)
+  vars32 = cnn32.init(jax.random.key(1), x_c[:2])
+  cifar_fn = lambda x: cnn32.apply(vars32, x, train=False)
+  y_c = np.asarray(cifar_fn(x_c)).argmax(-1).astype(np.int32)
+  net32 = TorchCNN(vars32["params"]).eval()
+  with torch.no_grad():
+    z_t = net32(torch.tensor(x_c.transpose(0, 3, 1, 2).copy())).numpy()
+  diff_c = float(np.max(np.abs(np.asarray(cifar_fn(x_c)) - z_t)))
+  assert diff_c < 1e-3, diff_c
+
+  rows = [
+      _side_by_side("digits CNN (trained)", digits_fn, net, x_d, y_d, 0.1,
+                    args.num_digits),
+      _side_by_side("32×32×3 CNN (random weights)", cifar_fn, net32, x_c, y_c,
+                    8 / 255, args.num_cifar),
+  ]
+
+  exits = []
+  cache = {}
+  for eps in args.early_exit_eps:
+    for early in (True, False):
+      # Each (ε, mode) compiles once (ε is part of the attacks'
+      # configuration); the second call, reusing it, is timed.
+      _jax_run(digits_fn, x_d, y_d, eps, args.num_digits, cache, early)
+      report, warm = _jax_run(digits_fn, x_d, y_d, eps, args.num_digits,
+                              cache, early)
+      exits.append(dict(eps=eps, early=early, robust=report.robust_accuracy,
+                        seconds=warm, point_runs=sum(
+                            s.num_point_runs for s in report.stages),
+                        robust_set=report.robust.copy()))
+      print(exits[-1], flush=True)
+
+  load_end = load_average()
+  lines = [
+      "# AutoAttack 'standard': compsum_jax 'aa_standard' vs torchattacks "
+      "(CPU)",
+      "",
+      f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs, shared; "
+      f"load average at start {load_start[0]:.1f}/{load_start[1]:.1f}/"
+      f"{load_start[2]:.1f}, at end {load_end[0]:.1f}/{load_end[1]:.1f}/"
+      f"{load_end[2]:.1f}",
+      f"- jax {jax.__version__} ({jax.default_backend()}), torch "
+      f"{torch.__version__} ({torch.get_num_threads()} threads), "
+      f"torchattacks {torchattacks.__version__}; total "
+      f"{time.perf_counter() - t0:.0f} s",
+      f"- same weights in both libraries (max |logit difference| "
+      f"{diff_d:.1e} digits, {diff_c:.1e} 32×32); same test points; one "
+      f"batch per call; JAX 'cold' includes XLA compilation, 'warm' is a "
+      f"second call",
+      "- both: APGD-CE → APGD-T (9 targets) → FAB-T (9 targets) → Square "
+      "(5000 queries), 100 iterations, 1 restart each, each attack on the "
+      "points still robust",
+      "",
+      "| network | N | ε | clean | robust JAX | robust torchattacks | "
+      "JAX cold s | JAX warm s | torchattacks s | speed-up warm (cold) |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    lines.append(
+        f"| {r['title']} | {r['n']} | {r['eps']:.4g} | {r['clean']:.2%} | "
+        f"{r['jax_robust']:.2%} | {r['torch_robust']:.2%} | "
+        f"{r['jax_cold']:.1f} | {r['jax_warm']:.1f} | {r['torch_s']:.1f} | "
+        f"{r['torch_s'] / r['jax_warm']:.1f}× "
+        f"({r['torch_s'] / r['jax_cold']:.1f}×) |")
+  lines += ["", "JAX stages (warm call: attacked, broken, point-runs, s):", ""]
+  for r in rows:
+    lines.append(f"- {r['title']}: " + "; ".join(
+        f"{n} {a}/{b}/{p}/{s:.1f}" for n, a, b, p, s in r["stages"]))
+  lines += ["", "## Early exit on vs off (digits CNN, warm)", "",
+            "| ε | early exit | robust acc | point-runs | wall s |",
+            "|---|---|---|---|---|"]
+  for e in exits:
+    lines.append(f"| {e['eps']:g} | {'on' if e['early'] else 'off'} | "
+                 f"{e['robust']:.2%} | {e['point_runs']} | "
+                 f"{e['seconds']:.1f} |")
+  same = all(np.array_equal(exits[i]["robust_set"],
+                            exits[i + 1]["robust_set"])
+             for i in range(0, len(exits), 2))
+  lines += ["", f"Same robust set with and without early exit: {same}.", "",
+            "Attack configuration (JAX):", ""]
+  lines += [f"- {c}" for c in rows[0]["config"]]
+  text = "\n".join(lines) + "\n"
+  with open(args.out, "w", encoding="utf-8") as fh:
+    fh.write(text)
+  print(text)
+
+
+if __name__ == "__main__":
+  main()

@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_TIMEOUT_S = 900  # generous: the test machines are shared
 FAILURE_TIMEOUT_S = 10.0
 LC_SMOKE = "--config=configs/loss_comparison.py:smoke"
+ADV_SMOKE = "--config=configs/adversarial_training.py:smoke"
 
 
 def _env() -> dict[str, str]:
@@ -142,6 +143,48 @@ def test_loss_comparison_member_groups_equal_one_device_sweep(
                          rtol=1e-5, atol=0)
 
 
+@pytest.fixture(scope="module")
+def adversarial_runs(tmp_path_factory):
+  """The adversarial smoke preset as 1 x 2 devices and 2 x 1 device."""
+  root = tmp_path_factory.mktemp("adv_dist")
+  one, two = str(root / "one_process"), str(root / "two_processes")
+  _run(_binary("adversarial_training", one, ADV_SMOKE,
+               "--config.cpu_devices=2"), str(root / "one.log"))
+  _run(_launch_two(_binary("adversarial_training", two, ADV_SMOKE),
+                   str(root / "two")), str(root / "two.log"))
+  return one, two
+
+
+@pytest.mark.slow  # 4 adversarial runs each way: minutes on a shared host
+def test_adversarial_two_processes_reproduce_two_devices(adversarial_runs):
+  one, two = (_results(w) for w in adversarial_runs)
+  assert one["run"]["num_processes"] == 1
+  assert two["run"]["num_processes"] == 2
+  assert two["run"]["process_devices"] == [1, 1]
+  # the batch is split over the 2 processes' devices (data parallelism)
+  assert one["run"]["mesh"] == two["run"]["mesh"] == {"data": 2}
+  assert [(r["method"], r["tau"], r["seed"]) for r in one["runs"]] == [
+      (r["method"], r["tau"], r["seed"]) for r in two["runs"]]
+  for r_one, r_two in zip(one["runs"], two["runs"], strict=True):
+    assert r_one["status"] == r_two["status"] == "ok"
+    assert r_one["best_step"] == r_two["best_step"]
+    assert r_one["num_test_examples"] == r_two["num_test_examples"] == 64
+    for field in (["clean_accuracy", "robust_cascade", "cascade_clean_accuracy"]
+                  + [k for k in r_one if k.startswith("robust_")]):
+      assert _relative_difference(r_one[field], r_two[field]) <= 1e-5, (
+          r_one["method"], field, r_one[field], r_two[field])
+    for name, value in r_one["val"].items():
+      assert _relative_difference(value, r_two["val"][name]) <= 1e-5, name
+    # the cascade's per-process shares add up to the whole test subset
+    assert [(s["name"], s["attacked"], s["broken"])
+            for s in r_one["cascade_stages"]] == [
+                (s["name"], s["attacked"], s["broken"])
+                for s in r_two["cascade_stages"]]
+    assert r_one["num_broken_only_by_gradient_free"] == (
+        r_two["num_broken_only_by_gradient_free"])
+  assert os.path.exists(os.path.join(adversarial_runs[1], "results.md"))
+
+
 @pytest.mark.slow
 def test_loss_comparison_batch_split_across_processes(tmp_path):
   # member_shards=1: one member group, every global batch split over the 2
@@ -166,7 +209,8 @@ def test_loss_comparison_batch_split_across_processes(tmp_path):
     (["--num_processes=2", "--process_id=0",
       "--coordinator_address=localhost"], "localhost"),
 ])
-@pytest.mark.parametrize("binary", ["loss_comparison"])
+@pytest.mark.parametrize("binary", ["loss_comparison",
+                                    "adversarial_training"])
 def test_binaries_reject_bad_distributed_flags_at_once(tmp_path, binary,
                                                        flags, named):
   start = time.monotonic()

@@ -13,6 +13,11 @@ r"""Benchmark of the theory module; run by hand, writes markdown.
    as a stronger reference.
 2. Bound-verification throughput: pairs/s of ``verify_bound`` (random pairs,
    slack of T_τ(ΔC_0-1) ≤ ΔC_τ) at n = 10, float64.
+3. Many classes: the first call of ``solve_score_bounded`` (compile + run) on
+   4 problems (τ = 0.5, 1, 1.5, 3) at n = 100 and n = 1000, each in a fresh
+   process, with its peak resident memory and the certificate.
+   ``--only_large_n`` runs this part alone and writes
+   ``benchmarks/results/theory_large_n.md``.
 
 Results go to ``benchmarks/results/theory.md`` with the machine description.
 """
@@ -20,8 +25,11 @@ Results go to ``benchmarks/results/theory.md`` with the machine description.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
 
 import jax
@@ -100,17 +108,83 @@ def _time(fn, repeats=3):
   return best
 
 
+# Run in a fresh interpreter so that nothing is compiled or cached yet.
+_FIRST_CALL_SCRIPT = r"""
+import json, resource, sys, time
+import numpy as np
+import jax
+jax.config.update("jax_enable_x64", True)
+from compsum_jax import theory
+n = int(sys.argv[1])
+rng = np.random.default_rng(n)
+probs = rng.dirichlet(np.full(n, 0.5), size=4)
+taus = np.array([0.5, 1.0, 1.5, 3.0])
+start = time.perf_counter()
+solution = jax.block_until_ready(theory.solve_score_bounded(probs, taus, 1.0))
+first = time.perf_counter() - start
+start = time.perf_counter()
+jax.block_until_ready(theory.solve_score_bounded(probs, taus, 1.0))
+second = time.perf_counter() - start
+print(json.dumps({
+    "n": n, "first_call_s": first, "second_call_s": second,
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "max_duality_gap": float(np.max(solution.duality_gap)),
+    "max_kkt_residual": float(np.max(solution.kkt_residual))}))
+"""
+
+
+def large_n_rows(ns: list[int]) -> list[dict]:
+  """First-call time and peak memory of the score-bounded solve per n."""
+  rows = []
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for n in ns:
+    proc = subprocess.run([sys.executable, "-c", _FIRST_CALL_SCRIPT, str(n)],
+                          cwd=repo, capture_output=True, text=True,
+                          check=True, timeout=1800)
+    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(rows[-1], flush=True)
+  return rows
+
+
+def large_n_lines(rows: list[dict]) -> list[str]:
+  lines = ["## 3. Many classes: first call of the score-bounded solve", "",
+           "4 problems (τ = 0.5, 1, 1.5, 3; p ~ Dirichlet(0.5); Λ = 1) in "
+           "one `solve_score_bounded` call, float64, fresh process per n; "
+           "first call = trace + compile + run. Peak memory is the process's "
+           "maximum resident set (includes the Python/JAX runtime).", "",
+           "| n | first call (s) | second call (s) | peak RSS (MB) | max "
+           "duality gap | max KKT residual |", "|---|---|---|---|---|---|"]
+  for row in rows:
+    lines.append(f"| {row['n']} | {row['first_call_s']:.1f} | "
+                 f"{row['second_call_s']:.3f} | {row['peak_rss_mb']:.0f} | "
+                 f"{row['max_duality_gap']:.1e} | "
+                 f"{row['max_kkt_residual']:.1e} |")
+  return lines + [""]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--num_points", type=int, default=100_000)
   parser.add_argument("--num_scipy", type=int, default=300)
   parser.add_argument("--num_scipy_multistart", type=int, default=60)
   parser.add_argument("--num_pairs", type=int, default=1_000_000)
-  parser.add_argument("--out", default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results", "theory.md"))
+  parser.add_argument("--large_n", default="100,1000",
+                      help="class counts of part 3, comma-separated")
+  parser.add_argument("--only_large_n", action="store_true")
+  parser.add_argument("--out", default=None)
   args = parser.parse_args()
+  results_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                             "results")
   machine = machine_description()
   print(machine, flush=True)
+  ns = [int(n) for n in args.large_n.split(",") if n]
+  if args.only_large_n:
+    lines = ["# Theory benchmark: many classes", "",
+             f"Command: `.venv/bin/python benchmarks/theory.py --only_large_n "
+             f"--large_n={args.large_n}`", "", f"Machine: {machine}.", ""]
+    _write(args.out or os.path.join(results_dir, "theory_large_n.md"),
+           lines + large_n_lines(large_n_rows(ns)))
+    return
 
   probs, taus, bounds = _problems(args.num_points, 0)
   p_j, t_j, b_j = (jnp.asarray(x) for x in (probs, taus, bounds))
@@ -203,9 +277,14 @@ def main() -> None:
       f"(p, scores) pairs in {verify_s:.3f} s = "
       f"**{args.num_pairs / verify_s:,.0f} pairs/s** "
       f"(compile {verify_compile_s:.1f} s).", ""]
+  _write(args.out or os.path.join(results_dir, "theory.md"),
+         lines + large_n_lines(large_n_rows(ns)))
+
+
+def _write(path: str, lines: list[str]) -> None:
   text = "\n".join(lines)
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w", encoding="utf-8") as f:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
     f.write(text)
   print(text)
 

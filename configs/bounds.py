@@ -1,4 +1,4 @@
-"""Configs of the bounds binary (issue 3): Γ_τ tables, verification, tightness, gaps.
+"""Configs of the bounds binary: Γ_τ tables, verification, tightness, gaps, τ search.
 
 Presets (``get_config(arg)``):
 
@@ -28,6 +28,13 @@ Fields (primitives only):
   gaps.taus / .score_bounds / .num_classes: grid of the deterministic gaps.
   gaps.zipf_exponent: label marginal π_y ∝ y^{−s} of the deterministic
     distribution whose constant-score family gap is reported.
+  tau_search.num_classes / .score_bound / .spread / .zipf_exponent: the
+    constant-score family in [−Λ, Λ]^n on n points with posteriors
+    (1 − δ)π + δ·e_i, π_y ∝ y^{−s}.
+  tau_search.estimation_error: ε, the surrogate estimation error.
+  tau_search.tau_start / .step / .num_steps / .tau_min / .tau_max: projected
+    (sub)gradient descent on τ (step halved when the derivative changes sign).
+  tau_search.grid_size: points of the checking grid on [τ_min, τ_max].
 """
 
 from __future__ import annotations
@@ -64,6 +71,18 @@ def _base() -> ml_collections.ConfigDict:
   c.gaps.score_bounds = [0.25, 0.5, 1.0, 2.0, 4.0]
   c.gaps.num_classes = 10
   c.gaps.zipf_exponent = 1.0
+  c.tau_search = ml_collections.ConfigDict()
+  c.tau_search.num_classes = 3
+  c.tau_search.score_bound = 0.5
+  c.tau_search.spread = 0.2
+  c.tau_search.zipf_exponent = 1.0
+  c.tau_search.estimation_error = 0.001
+  c.tau_search.tau_start = 2.9
+  c.tau_search.step = 20.0
+  c.tau_search.num_steps = 40
+  c.tau_search.tau_min = 0.0
+  c.tau_search.tau_max = 3.0
+  c.tau_search.grid_size = 301
   return c
 
 

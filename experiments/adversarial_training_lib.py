@@ -417,6 +417,8 @@ def cascade_test(experiment: Experiment, state: training.TrainState,
       "after": [s.num_robust_after for s in cascade.stages]})
   num = int(counts["num"])
   return {
+      # The exact attacks behind robust_cascade (stated in results.md).
+      "cascade_attack_configuration": cascade.attack_configuration,
       "robust_cascade": int(counts["robust"]) / num,
       "cascade_clean_accuracy": int(counts["clean"]) / num,
       "gradient_masking_suspected": int(counts["gradient_free_only"]) > 0,

@@ -99,6 +99,29 @@ def _cell(row: Mapping[str, Any], col: str) -> str:
   return f"{100 * row[col]:.2f} ± {100 * row[col + '_std']:.2f}"
 
 
+def attack_lines(results: Mapping[str, Any]) -> list[str]:
+  """One markdown bullet per robust column: the attack and its settings.
+
+  Test attacks are described by their config entries (preset + overrides);
+  the cascade by the stage descriptions its evaluation recorded.
+  """
+  config = results["config"]
+  lines = []
+  for name, spec in config["test_attacks"].items():
+    settings = ", ".join(f"{k}={v}" for k, v in sorted(spec.items())
+                         if k != "preset")
+    lines.append(f"- robust_{name}: preset {spec['preset']!r}"
+                 + (f" ({settings})" if settings else ""))
+  if config.get("cascade"):
+    stages = next((r["cascade_attack_configuration"] for r in results["runs"]
+                   if "cascade_attack_configuration" in r), None)
+    if stages is None:  # results written before stages were recorded
+      stages = list(config["cascade"])
+    lines.append("- robust_cascade (each stage attacks only the points still "
+                 "robust): " + "; ".join(stages))
+  return lines
+
+
 def results_markdown(results: Mapping[str, Any]) -> str:
   """results.md: test accuracies in %, mean ± sample std over seeds."""
   config = results["config"]
@@ -124,6 +147,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
                  f"YES ({masked} points)" if masked else "no"])
   lines.append(common.markdown_table(["method", "seeds", *cols, "masking?"],
                                      rows).rstrip("\n"))
+  lines += ["", "Attacks behind each column:"] + attack_lines(results)
   failed = [r for r in results["runs"] if r.get("status") != "ok"]
   if failed:
     lines += ["", "Failed runs:"] + [

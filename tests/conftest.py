@@ -4,6 +4,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 
 import pytest
 
@@ -24,17 +25,48 @@ if _CACHE != "off":
   # Least recently used entries go beyond 2 GB.
   os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
 
+# Lighter XLA:CPU compilation for the processes that end-to-end smoke tests
+# start (a few steps each, so compiling dominates): LLVM at -O0. A CNN step then compiles in about half the CPU time and
+# runs about 2-3x slower. The HLO passes are unchanged and LLVM reassociates
+# floating point only under fast-math (off by default on XLA:CPU), so the
+# affected tests keep their tolerances. Never for tests whose run time
+# dominates. COMPSUM_JAX_TEST_LIGHT_COMPILE=off disables it.
+LIGHT_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0",)
+
+
+def with_light_compilation(env: Mapping[str, str]) -> dict[str, str]:
+  """A copy of ``env`` with LIGHT_COMPILE_XLA_FLAGS appended to XLA_FLAGS
+  (its other flags kept), unless COMPSUM_JAX_TEST_LIGHT_COMPILE=off."""
+  env = dict(env)
+  if os.environ.get("COMPSUM_JAX_TEST_LIGHT_COMPILE", "on") == "off":
+    return env
+  flags = env.get("XLA_FLAGS", "").split()
+  flags += [f for f in LIGHT_COMPILE_XLA_FLAGS if f not in flags]
+  env["XLA_FLAGS"] = " ".join(flags)
+  return env
+
+
+@pytest.fixture(scope="session")
+def light_compile_env() -> Callable[[Mapping[str, str]], dict[str, str]]:
+  """``light_compile_env(env)``: ``env`` for an end-to-end smoke subprocess,
+  with the lighter XLA:CPU compilation flags (see with_light_compilation)."""
+  return with_light_compilation
+
 
 @pytest.fixture
 def run_on_fake_cpu_devices():
-  """``run(args, devices=4, timeout=600)``: ``python *args`` in a fresh
-  process with that many host-platform CPU devices (XLA_FLAGS must be set
-  before jax is imported), from the repository root; asserts exit code 0
-  and returns the CompletedProcess."""
+  """``run(args, devices=4, timeout=600, light_compile=True)``: ``python
+  *args`` in a fresh process with that many host-platform CPU devices
+  (XLA_FLAGS must be set before jax is imported), from the repository root,
+  with the lighter compilation flags unless ``light_compile=False`` (for runs
+  whose run time dominates); asserts exit code 0 and returns the
+  CompletedProcess."""
 
-  def run(args, devices=4, timeout=600):
+  def run(args, devices=4, timeout=600, light_compile=True):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    if light_compile:
+      env = with_light_compilation(env)
     proc = subprocess.run([sys.executable, *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -71,6 +71,7 @@ def test_configs_hold_primitives_only():
 # `experiments`; everything else uses the library.
 EXPERIMENT_CLIENTS = {
     "benchmarks/loss_comparison.py",
+    "benchmarks/plan_calibration.py",
     "benchmarks/smooth_weight_threshold.py",
     "tests/experiments_mesh_script.py",
     "tests/test_adversarial_experiment.py",

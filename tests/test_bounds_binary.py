@@ -10,12 +10,13 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_smoke_preset_runs_end_to_end(tmp_path):
+def test_smoke_preset_runs_end_to_end(tmp_path, light_compile_env):
   workdir = tmp_path / "bounds"
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.bounds",
        "--config=configs/bounds.py:smoke", f"--workdir={workdir}"],
-      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+      env=light_compile_env(os.environ))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Minimum slack over all checks" in proc.stdout
   for name in ["results.json", "summary.md", "gamma.png", "tightness.png",
@@ -41,5 +42,13 @@ def test_smoke_preset_runs_end_to_end(tmp_path):
   assert np.all(np.diff(gap, axis=0) <= 1e-12)
   summary = (workdir / "summary.md").read_text()
   for heading in ["(a) Γ_τ(s)", "(b) Verification", "(c) Tightness",
-                  "(d) Deterministic minimizability gaps"]:
+                  "(d) Deterministic minimizability gaps", "(e) Choosing τ"]:
     assert heading in summary
+  # (e) gradient descent on τ lands on the grid's minimiser (within one grid
+  # step) and is at least as low as the grid's best value.
+  search = results["tau_search"]
+  assert abs(search["descent_tau"] - search["grid_tau"]) <= search[
+      "grid_spacing"]
+  assert search["descent_bound"] <= search["grid_bound"] + 1e-9
+  assert 0.0 <= search["descent_bound"] < min(search["grid_values"][0],
+                                              search["grid_values"][-1])

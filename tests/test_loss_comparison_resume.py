@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from conftest import with_light_compilation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OVERRIDES = ["--config=configs/loss_comparison.py:smoke",
@@ -25,10 +26,11 @@ def _env(cache_dir):
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
   # A shared persistent compilation cache makes the second and third
-  # processes start fast; cached executables are the compiled ones.
-  env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+  # processes start fast; cached executables are the compiled ones. The
+  # suite's cache (tests/conftest.py) when it is on, else a fresh one.
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir))
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  return env
+  return with_light_compilation(env)
 
 
 def _command(workdir, *extra):

@@ -60,7 +60,7 @@ def _install_kernel(tmp_path_factory, patch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture(scope="module")
-def kernel_env(tmp_path_factory):
+def kernel_env(tmp_path_factory, light_compile_env):
   """The test kernel, with COMPSUM_NOTEBOOK_SMOKE=1 in its environment.
 
   The kernel process inherits ``os.environ``, so the smoke switch and the
@@ -69,6 +69,10 @@ def kernel_env(tmp_path_factory):
   patch = pytest.MonkeyPatch()
   name = _install_kernel(tmp_path_factory, patch)
   patch.setenv("COMPSUM_NOTEBOOK_SMOKE", "1")
+  # Smoke cells run a few steps each: lighter compilation (tests/conftest.py).
+  light = light_compile_env(os.environ)
+  if "XLA_FLAGS" in light:
+    patch.setenv("XLA_FLAGS", light["XLA_FLAGS"])
   yield name
   patch.undo()
 

@@ -19,9 +19,10 @@ def test_readme_has_python_examples():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_python_example_runs(index):
+def test_readme_python_example_runs(index, light_compile_env):
   proc = subprocess.run([sys.executable, "-c", BLOCKS[index]], cwd=REPO,
                         capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, PYTHONPATH=str(REPO),
-                                 JAX_PLATFORMS="cpu"))
+                        env=light_compile_env(dict(
+                            os.environ, PYTHONPATH=str(REPO),
+                            JAX_PLATFORMS="cpu")))
   assert proc.returncode == 0, proc.stderr[-3000:]

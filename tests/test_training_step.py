@@ -483,7 +483,8 @@ def test_many_async_steps_on_fake_cpu_devices_do_not_deadlock(
     run_on_fake_cpu_devices):
   """Without the per-step wait, XLA:CPU's all-reduce deadlocked here (abort
   after a 40 s rendezvous timeout) in every run of this session's repro."""
-  proc = run_on_fake_cpu_devices(["-c", _MANY_STEPS_SCRIPT], timeout=300)
+  proc = run_on_fake_cpu_devices(["-c", _MANY_STEPS_SCRIPT], timeout=300,
+                                 light_compile=False)
   assert proc.stdout.split()[:2] == ["done", "1500"]
 
 

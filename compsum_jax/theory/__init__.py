@@ -14,7 +14,9 @@ Analysis and Applications", ICML 2023 (arXiv 2304.07288).
   certificate), :class:`L2BallFamily`; generic
   :func:`projected_gradient_solve` for any family with ``project_scores``.
 * Gaps: :func:`pointwise_best_risk`, :func:`minimizability_gap`,
-  :func:`deterministic_minimizability_gap`, :func:`consistency_bound_sides`.
+  :func:`deterministic_minimizability_gap`, :func:`consistency_bound_sides`,
+  :func:`constant_score_zero_one_bound` (differentiable in τ: choose τ by
+  gradient descent).
 * Trained members: :func:`member_bound_sides` (vmapped over K members),
   :func:`bound_check_summary`, :func:`gamma_curve`.
 * Checks: :func:`bound_slack`, :func:`verify_bound`,
@@ -67,6 +69,7 @@ from compsum_jax.theory.families import (
 from compsum_jax.theory.gaps import (
     BoundSides,
     consistency_bound_sides,
+    constant_score_zero_one_bound,
     deterministic_best_conditional_risk,
     deterministic_minimizability_gap,
     minimizability_gap,
@@ -99,6 +102,7 @@ __all__ = [
     "conditional_regret",
     "conditional_risk",
     "consistency_bound_sides",
+    "constant_score_zero_one_bound",
     "constrained_probs",
     "deterministic_best_conditional_risk",
     "deterministic_minimizability_gap",

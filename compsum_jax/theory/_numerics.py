@@ -6,6 +6,7 @@ They are evaluated through the cumulant generating function K(θ) = log E_w e^{�
 divided by θ, g(θ) = K(θ)/θ, which is smooth in θ with g(0) = E_w[L]:
 
 * |θ|·spread(L) small: g(θ) = Σ_k κ_k θ^{k−1}/k!  (cumulant series, κ1..κ6);
+* |θ|·max|L| ≤ 1: g(θ) = log1p(E_w[e^{θL} − 1])/θ (no cancellation near 0);
 * otherwise: g(θ) = logsumexp(θL + log w)/θ (no overflow for large θ).
 
 With the threshold below the truncation error of the series is < 1e-11 relative
@@ -64,7 +65,19 @@ def cgf_over_theta(theta: jax.Array, log_values: jax.Array,
       support,
       theta_closed[..., None] * jnp.where(support, log_values, 0.0) +
       jnp.log(jnp.where(support, weights, 1.0)), -jnp.inf)
-  closed = jax.nn.logsumexp(exponent, axis=-1) / theta_closed
+  closed_lse = jax.nn.logsumexp(exponent, axis=-1) / theta_closed
+  # When |θ|·max|L| ≤ 1, K = log1p(Σ w (e^{θL} − 1)) avoids the cancellation
+  # of log-sum-exp near K = 0 (float32: relative error ~eps instead of
+  # ~eps/|K|).
+  safe_log = jnp.where(support, log_values, 0.0)
+  max_abs = jnp.max(jnp.abs(safe_log), axis=-1)
+  near_zero = jnp.abs(theta_closed) * max_abs <= 1.0
+  theta_near = jnp.where(near_zero, theta_closed, 0.0)
+  mean_expm1 = jnp.sum(
+      jnp.where(support, weights * jnp.expm1(theta_near[..., None] * safe_log),
+                0.0), axis=-1)
+  closed = jnp.where(near_zero, jnp.log1p(mean_expm1) / theta_closed,
+                     closed_lse)
   theta_series = jnp.where(small, theta, jnp.zeros_like(theta))
   series = jnp.zeros_like(theta)
   for k in range(len(cumulants), 0, -1):  # Σ κ_k θ^{k−1}/k!, Horner form.

@@ -25,9 +25,12 @@ which is smooth in τ across 1 (g(0) = T_1(t)) and tends to t/n as τ → 2.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import custom_derivatives
 
 from compsum_jax import validation
 from compsum_jax.losses import phi_tau
@@ -79,35 +82,175 @@ def _entropy_gap_two_point(t: jax.Array) -> jax.Array:
   return jnp.where(small, series, closed)
 
 
+# T_τ for small t (τ < 2) comes from the binomial series of B below: used when
+# t ≤ _T_SERIES_MAX and a·t ≤ _T_SERIES_MAX_AT, with _T_SERIES_TERMS terms
+# (each term is at most max(t, a·t/2)² times the previous one, so the
+# truncation error is < 1e-16 relative there).
+_T_SERIES_MAX = 0.45
+_T_SERIES_MAX_AT = 2.0
+_T_SERIES_TERMS = 24
+
+
+def _log1p_ratio(x: jax.Array) -> jax.Array:
+  """log1p(x)/x with value 1 at x = 0 (series for |x| < 0.05, 14 terms)."""
+  small = jnp.abs(x) < 0.05
+  x_safe = jnp.where(small, jnp.ones_like(x), x)
+  closed = jnp.log1p(x_safe) / x_safe
+  x_small = jnp.where(small, x, jnp.zeros_like(x))
+  series = jnp.zeros_like(x)
+  for k in range(14, 0, -1):  # Σ_{k≥1} (−x)^{k−1}/k, Horner form.
+    series = series * (-x_small) + 1.0 / k
+  return jnp.where(small, series, closed)
+
+
+def _binomial_excess_over_theta(t: jax.Array, a: jax.Array) -> jax.Array:
+  """b = (B − 1)/θ, B = ((1+t)^a + (1−t)^a)/2, θ = a − 1, as a series in t².
+
+  B − 1 = Σ_{k≥1} C(a, 2k) t^{2k} and C(a, 2k) carries the factor a − 1, so
+  b = Σ_{k≥1} d_k t^{2k} with d_1 = a/2 and
+  d_{k+1} = d_k (a − 2k)(a − 2k − 1)/((2k + 1)(2k + 2)): smooth across θ = 0.
+  """
+  t2 = t * t
+  term = 0.5 * a * t2
+  total = term
+  for k in range(1, _T_SERIES_TERMS):
+    term = term * ((a - 2 * k) * (a - 2 * k - 1) / ((2 * k + 1) * (2 * k + 2))
+                   ) * t2
+    total = total + term
+  return total
+
+
+def _class_factor(tau_lt2: jax.Array, num_classes: jax.Array) -> jax.Array:
+  """2^{1−τ}(2/n)^{(τ−1)+}; at τ = 1 its τ-derivative is the left one."""
+  excess = jnp.where(tau_lt2 > 1.0, tau_lt2 - 1.0, 0.0)
+  return jnp.exp2(1.0 - tau_lt2) * jnp.exp(excess * jnp.log(2.0 / num_classes))
+
+
+def _log_b_over_theta(t_inner: jax.Array, tau_lt2: jax.Array) -> jax.Array:
+  """g(θ) = log(B)/θ = log(E_w e^{θL})/θ for t ≤ 1, τ < 2 (module docstring)."""
+  a = 1.0 / (2.0 - tau_lt2)
+  theta = (tau_lt2 - 1.0) / (2.0 - tau_lt2)  # θ = a − 1
+  # Small t: g = b·log1p(θb)/(θb), b = (B − 1)/θ from the binomial series.
+  use_series = (t_inner <= _T_SERIES_MAX) & (a * t_inner <= _T_SERIES_MAX_AT)
+  t_series = jnp.where(use_series, t_inner, 0.0)
+  b = _binomial_excess_over_theta(t_series, a)
+  g_series = b * _log1p_ratio(theta * b)
+  # Otherwise: cumulant series (small θ) or log-sum-exp (_numerics).
+  t_closed = jnp.where(use_series, 0.5, t_inner)
+  log_values = jnp.stack(
+      [jnp.log1p(t_closed),
+       jnp.log1p(-jnp.where(t_closed < 1, t_closed, 0.0))], axis=-1)
+  log_values = log_values.at[..., 1].set(
+      jnp.where(t_closed < 1, log_values[..., 1], -jnp.inf))
+  weights = jnp.stack([(1.0 + t_closed) / 2, (1.0 - t_closed) / 2], axis=-1)
+  mean = _entropy_gap_two_point(t_closed)  # κ1 = E_w[L] = T_1(t)
+  cumulants, spread = _numerics.weighted_log_cumulants(
+      log_values, weights, mean=mean)
+  g_closed = _numerics.cgf_over_theta(theta, log_values, weights, cumulants,
+                                      spread)
+  return jnp.where(use_series, g_series, g_closed)
+
+
+def _transform_raw(t: jax.Array, tau: jax.Array,
+                   num_classes: jax.Array) -> jax.Array:
+  """T_τ(t) for broadcast t, τ, n (module docstring); plain autodiff."""
+  below_two = tau < 2.0
+  tau_lt2 = jnp.where(below_two, tau, 0.0)
+  g = _log_b_over_theta(jnp.minimum(t, 1.0), tau_lt2)
+  # T_τ = 2^{1−τ}(2/n)^{(τ−1)+} g·φ((τ−1)g), φ(x) = expm1(x)/x
+  smooth = (_class_factor(tau_lt2, num_classes) * g *
+            _numerics.expm1_ratio((tau_lt2 - 1.0) * g))
+  tau_ge2 = jnp.where(below_two, 2.0, tau)
+  # T_τ(t) = t/((τ−1)n^{τ−1}) for τ ≥ 2
+  linear = t / ((tau_ge2 - 1.0) * jnp.power(num_classes, tau_ge2 - 1.0))
+  return jnp.where(below_two, smooth, linear)
+
+
+def _transform_derivative_t(t: jax.Array, tau: jax.Array,
+                            num_classes: jax.Array) -> jax.Array:
+  """∂T_τ/∂t, closed form; +inf at t = 1 for τ ≤ 1 (left derivative there).
+
+  For τ < 2, with a = 1/(2−τ), θ = a − 1, B = ((1+t)^a + (1−t)^a)/2 and
+  D = log((1+t)/(1−t)):
+
+    T'(t) = 2^{1−τ}(2/n)^{(τ−1)+}·B^{1−τ}·a·(1+t)^θ·(1 − e^{−θD})/(2θ),
+
+  where (1 − e^{−θD})/θ → D as θ → 0 (τ = 1: T'(t) = atanh t). For τ ≥ 2,
+  T'(t) = 1/((τ−1)n^{τ−1}).
+  """
+  below_two = tau < 2.0
+  tau_lt2 = jnp.where(below_two, tau, 0.0)
+  t_inner = jnp.minimum(t, 1.0)
+  a = 1.0 / (2.0 - tau_lt2)
+  theta = (tau_lt2 - 1.0) / (2.0 - tau_lt2)
+  log_b = theta * _log_b_over_theta(t_inner, tau_lt2)  # log B = θ·g
+  spread = 2.0 * jnp.arctanh(t_inner)  # D = log((1+t)/(1−t)), +inf at t = 1
+  x = theta * jnp.where(theta == 0.0, 0.0, spread)
+  large = jnp.abs(x) > 0.5
+  theta_safe = jnp.where(large, theta, 1.0)
+  # (1 − e^{−θD})/θ: closed form for |θD| > 0.5, else D·φ(−θD)
+  difference = jnp.where(
+      theta == 0.0, spread,
+      jnp.where(large, -jnp.expm1(-jnp.where(large, x, 0.0)) / theta_safe,
+                spread * _numerics.expm1_ratio(-jnp.where(large, 0.0, x))))
+  smooth = (_class_factor(tau_lt2, num_classes) *
+            jnp.exp((1.0 - tau_lt2) * log_b + theta * jnp.log1p(t_inner)) *
+            a * 0.5 * difference)
+  tau_ge2 = jnp.where(below_two, 2.0, tau)
+  linear = 1.0 / ((tau_ge2 - 1.0) * jnp.power(num_classes, tau_ge2 - 1.0))
+  return jnp.where(below_two, smooth, jnp.broadcast_to(linear, smooth.shape))
+
+
+def _is_symbolic_zero(tangent: Any) -> bool:
+  return isinstance(tangent, custom_derivatives.SymbolicZero)
+
+
+def _instantiate(tangent: Any, like: jax.Array) -> jax.Array:
+  return jnp.zeros_like(like) if _is_symbolic_zero(tangent) else tangent
+
+
+def _param_tangent(t: jax.Array, tau: jax.Array, num_classes: jax.Array,
+                   tau_dot: Any, n_dot: Any) -> jax.Array | None:
+  """∂_τT·τ̇ + ∂_nT·ṅ at fixed t (plain autodiff), or None if both are zero."""
+  if _is_symbolic_zero(tau_dot) and _is_symbolic_zero(n_dot):
+    return None
+  _, out = jax.jvp(lambda tau, n: _transform_raw(t, tau, n), (tau, num_classes),
+                   (_instantiate(tau_dot, tau),
+                    _instantiate(n_dot, num_classes)))
+  return out
+
+
+@jax.custom_jvp
+def _transform_core(t: jax.Array, tau: jax.Array,
+                    num_classes: jax.Array) -> jax.Array:
+  return _transform_raw(t, tau, num_classes)
+
+
+def _transform_core_jvp(primals, tangents):
+  t, tau, num_classes = primals
+  t_dot, tau_dot, n_dot = tangents
+  value = _transform_raw(t, tau, num_classes)
+  tangent = jnp.zeros_like(value)
+  if not _is_symbolic_zero(t_dot):
+    tangent = tangent + _transform_derivative_t(t, tau, num_classes) * t_dot
+  param = _param_tangent(t, tau, num_classes, tau_dot, n_dot)
+  if param is not None:
+    tangent = tangent + param
+  return value, tangent
+
+
+_transform_core.defjvp(_transform_core_jvp, symbolic_zeros=True)
+
+
 @jax.jit
 def _transform_unchecked(t: jax.Array, tau: jax.Array,
                          num_classes: jax.Array) -> jax.Array:
-  """T_τ(t) without input checks; t, τ, n broadcast (see module docstring)."""
-  t, tau, num_classes = jnp.broadcast_arrays(t, tau, num_classes)
-  below_two = tau < 2.0
-  tau_lt2 = jnp.where(below_two, tau, 0.0)
-  # Two-point distribution w on L = (log(1+t), log(1−t)) (module docstring).
-  t_inner = jnp.minimum(t, 1.0)
-  log_values = jnp.stack(
-      [jnp.log1p(t_inner),
-       jnp.log1p(-jnp.where(t_inner < 1, t_inner, 0.0))], axis=-1)
-  log_values = log_values.at[..., 1].set(
-      jnp.where(t_inner < 1, log_values[..., 1], -jnp.inf))
-  weights = jnp.stack([(1.0 + t_inner) / 2, (1.0 - t_inner) / 2], axis=-1)
-  mean = _entropy_gap_two_point(t_inner)  # κ1 = E_w[L] = T_1(t)
-  cumulants, spread = _numerics.weighted_log_cumulants(
-      log_values, weights, mean=mean)
-  theta = (tau_lt2 - 1.0) / (2.0 - tau_lt2)  # θ = a − 1, a = 1/(2−τ)
-  g = _numerics.cgf_over_theta(theta, log_values, weights, cumulants, spread)
-  # T_τ = 2^{1−τ}(2/n)^{(τ−1)+} g·φ((τ−1)g)   (notes §3.1, rewritten)
-  class_factor = jnp.exp(
-      jnp.maximum(tau_lt2 - 1.0, 0.0) * jnp.log(2.0 / num_classes))
-  smooth = (jnp.exp2(1.0 - tau_lt2) * class_factor * g *
-            _numerics.expm1_ratio((tau_lt2 - 1.0) * g))
-  tau_ge2 = jnp.where(below_two, 2.0, tau)
-  # T_τ(t) = t/((τ−1)n^{τ−1}) for τ ≥ 2   (notes §3.1)
-  linear = t / ((tau_ge2 - 1.0) * jnp.power(num_classes, tau_ge2 - 1.0))
-  return jnp.where(below_two, smooth, linear)
+  """T_τ(t) without input checks; t, τ, n broadcast (see module docstring).
+
+  Derivatives: ∂/∂t in closed form (:func:`_transform_derivative_t`, +inf at
+  t = 1 for τ ≤ 1), ∂/∂τ and ∂/∂n by autodiff of the value.
+  """
+  return _transform_core(*jnp.broadcast_arrays(t, tau, num_classes))
 
 
 def transform(t: jax.Array | float, tau: jax.Array | float,
@@ -142,10 +285,9 @@ def _quadratic_coefficient(tau: jax.Array, num_classes: jax.Array
           jnp.exp(jnp.maximum(tau - 1.0, 0.0) * jnp.log(2.0 / num_classes)))
 
 
-@jax.jit
-def _inverse_transform_unchecked(s: jax.Array, tau: jax.Array,
-                                 num_classes: jax.Array) -> jax.Array:
-  s, tau, num_classes = jnp.broadcast_arrays(s, tau, num_classes)
+def _inverse_raw(s: jax.Array, tau: jax.Array,
+                 num_classes: jax.Array) -> jax.Array:
+  """Γ_τ(s) for broadcast s, τ, n: closed forms and bisection (no gradient)."""
   dtype = s.dtype
   below_two = tau < 2.0
   tau_lt2 = jnp.where(below_two, tau, 0.0)
@@ -181,6 +323,47 @@ def _inverse_transform_unchecked(s: jax.Array, tau: jax.Array,
   out = jnp.where(tau == 0.0, sum_exp, numeric)
   out = jnp.where(below_two, out, linear)
   return jnp.where(s <= 0.0, jnp.zeros_like(out), out)
+
+
+@jax.custom_jvp
+def _inverse_core(s: jax.Array, tau: jax.Array,
+                  num_classes: jax.Array) -> jax.Array:
+  return _inverse_raw(s, tau, num_classes)
+
+
+def _inverse_core_jvp(primals, tangents):
+  """Inverse-function theorem at t = Γ_τ(s) < 1 (T_τ(t) = s):
+
+    dΓ/ds = 1/∂_tT(t),   dΓ/dτ = −∂_τT(t)/∂_tT(t)   (likewise for n).
+
+  At s = 0 (t = 0): dΓ/ds = 1/T'(0) (+inf for τ < 2), dΓ/dτ = 0. Where
+  Γ = 1 (capped, s ≥ T_τ(1)) every derivative is 0 (the right derivative).
+  """
+  s, tau, num_classes = primals
+  s_dot, tau_dot, n_dot = tangents
+  t = jax.lax.stop_gradient(_inverse_raw(s, tau, num_classes))
+  capped = t >= 1.0
+  interior = (t > 0.0) & ~capped
+  slope = _transform_derivative_t(t, tau, num_classes)
+  tangent = jnp.zeros_like(t)
+  if not _is_symbolic_zero(s_dot):
+    # 1/T'(0) = +inf for τ < 2: the one-sided derivative at s = 0.
+    tangent = tangent + jnp.where(capped, 0.0, 1.0 / slope) * s_dot
+  param = _param_tangent(t, tau, num_classes, tau_dot, n_dot)
+  if param is not None:
+    safe_slope = jnp.where(interior, slope, 1.0)
+    tangent = tangent - jnp.where(interior, 1.0 / safe_slope, 0.0) * param
+  return t, tangent
+
+
+_inverse_core.defjvp(_inverse_core_jvp, symbolic_zeros=True)
+
+
+@jax.jit
+def _inverse_transform_unchecked(s: jax.Array, tau: jax.Array,
+                                 num_classes: jax.Array) -> jax.Array:
+  """Γ_τ(s) without input checks; exact derivatives (:func:`_inverse_core_jvp`)."""
+  return _inverse_core(*jnp.broadcast_arrays(s, tau, num_classes))
 
 
 def inverse_transform(s: jax.Array | float, tau: jax.Array | float,

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from compsum_jax import validation
-from compsum_jax.theory import bounds, conditional
+from compsum_jax.theory import _inputs, bounds, conditional
 
 
 @jax.jit
@@ -57,6 +57,7 @@ def bound_slack(scores: jax.Array, probs: jax.Array,
   """
   validation.check_logits(scores, "scores")
   validation.check_probs(probs, jnp.shape(scores))
+  _inputs.check_scores_and_probs(scores, probs)
   validation.check_tau(tau)
   dtype = jnp.promote_types(validation.compute_dtype(scores),
                             validation.compute_dtype(probs))

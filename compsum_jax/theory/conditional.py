@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from compsum_jax import validation
 from compsum_jax.losses import comp_sum_loss_soft
-from compsum_jax.theory import _numerics
+from compsum_jax.theory import _inputs, _numerics
 
 
 def conditional_risk(scores: jax.Array, probs: jax.Array,
@@ -30,7 +30,12 @@ def conditional_risk(scores: jax.Array, probs: jax.Array,
 
   Returns:
     Conditional risks, shape [...].
+
+  Raises:
+    ValueError: concrete NaN/inf scores or probabilities, probs off the
+      simplex, τ < 0.
   """
+  _inputs.check_scores_and_probs(scores, probs)
   return comp_sum_loss_soft(jnp.asarray(scores), jnp.asarray(probs), tau)
 
 
@@ -50,6 +55,7 @@ def zero_one_conditional_regret(scores: jax.Array,
   """
   validation.check_logits(scores, "scores")
   validation.check_probs(probs, jnp.shape(scores))
+  _inputs.check_scores_and_probs(scores, probs)
   probs = jnp.asarray(probs, validation.compute_dtype(probs))
   predicted = jnp.argmax(scores, axis=-1)
   p_predicted = jnp.take_along_axis(probs, predicted[..., None], axis=-1)

@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from compsum_jax import validation
-from compsum_jax.theory import conditional
+from compsum_jax.theory import _inputs, _numerics, conditional
 
 
 class HypothesisFamily(Protocol):
@@ -156,12 +156,11 @@ def resolve_family(score_bound: Any = None,
       raise ValueError("pass either score_bound or family, not both (got "
                        f"score_bound={score_bound!r}, family={family!r})")
     if isinstance(family, ScoreBoundedFamily):
-      validation.check_nonnegative(family.score_bound, "score_bound",
-                                   allow_zero=False)
+      _inputs.check_score_bound(family.score_bound)
     return family
   if score_bound is None:
     return CompleteFamily()
-  validation.check_nonnegative(score_bound, "score_bound", allow_zero=False)
+  _inputs.check_score_bound(score_bound)
   return ScoreBoundedFamily(score_bound)
 
 
@@ -186,37 +185,40 @@ def _risk(scores: jax.Array, probs: jax.Array, tau: jax.Array) -> jax.Array:
   return conditional.conditional_risk(scores, probs, tau)
 
 
-def _candidate_pairs(n: int) -> np.ndarray:
-  """The (i, j) = (#top, #bottom) pairs with i + j ≤ n, in candidate order."""
-  return np.array([(i, j) for i in range(n + 1) for j in range(n + 1 - i)])
-
-
 class _Candidates(NamedTuple):
   """Per-candidate quantities of the active-set enumeration (one problem).
 
-  Candidates 0..C−2 are the pairs (i, j) of :func:`_candidate_pairs` (i top
-  entries at R·m, j bottom entries at m, the rest at κ·m·p^a); candidate C−1
-  is the unconstrained q ∝ p^a, stored as log κ = −log Σ p^a, log m = 0 and
-  no top or bottom entries, so that one formula gives every row of log q
-  (:func:`_candidate_log_q`).
+  Candidate f < (n+1)² is the pair (i, j) = (f // (n+1), f % (n+1)): i top
+  entries at R·m, j bottom entries at m, the rest at κ·m·p^a; pairs with
+  i + j > n are infeasible (``valid`` False, ``violation`` +inf). The last
+  candidate is the unconstrained q ∝ p^a, stored as i = j = 0, log κ =
+  −log Σ p^a, log m = 0, so that one formula gives every row of log q
+  (:func:`_candidate_log_q`). Every array is O(n²) scalars; log q is built
+  only for the rows that are evaluated.
   """
 
-  log_m: jax.Array  # [C]
-  log_kappa: jax.Array  # [C]
-  valid: jax.Array  # [C]
-  violation: jax.Array  # [C]
+  log_m: jax.Array  # [G]
+  log_kappa: jax.Array  # [G]
+  valid: jax.Array  # [G]
+  violation: jax.Array  # [G]
+  num_top: jax.Array  # [G] i
+  num_bottom: jax.Array  # [G] j
   a: jax.Array  # exponent 1/(2 − τ) (τ < 2)
   log_p: jax.Array  # [n], −∞ where p = 0
   log_r: jax.Array  # log R = 2Λ
 
 
-def _candidate_masks(n: int) -> tuple[np.ndarray, np.ndarray]:
-  """Static (top [C, n], bottom [C, n]) masks, the unconstrained row last."""
-  pairs = _candidate_pairs(n)
-  index = np.arange(n)
-  none = np.zeros((1, n), bool)
-  return (np.concatenate([index[None, :] < pairs[:, :1], none]),
-          np.concatenate([index[None, :] >= n - pairs[:, 1:], none]))
+def _two_level_rows(n: int) -> np.ndarray:
+  """Flat indices of the pairs (k, n − k), k = 0..n (the vertices of P)."""
+  k = np.arange(n + 1)
+  return k * (n + 1) + (n - k)
+
+
+def _feasible_rows(n: int) -> np.ndarray:
+  """Flat indices of every pair with i + j ≤ n, then the unconstrained row."""
+  index = np.arange((n + 1) ** 2)
+  feasible = index // (n + 1) + index % (n + 1) <= n
+  return np.append(np.flatnonzero(feasible), (n + 1) ** 2)
 
 
 def _candidates(p_sorted: jax.Array, tau: jax.Array,
@@ -229,7 +231,7 @@ def _candidates(p_sorted: jax.Array, tau: jax.Array,
     bound: scalar Λ.
 
   Returns:
-    :class:`_Candidates` for C = (n+1)(n+2)/2 + 1 candidates. ``violation``
+    :class:`_Candidates` for G = (n+1)² + 1 candidates. ``violation``
     (used for τ < 2) is how far, in log units, a candidate is from the
     optimality conditions of the convex problem: with v_y = log κ + a·log p_y
     the unclipped level log(q_y/m), the minimiser has v_y ≥ log R on its top
@@ -241,9 +243,10 @@ def _candidates(p_sorted: jax.Array, tau: jax.Array,
   """
   n = p_sorted.shape[-1]
   dtype = p_sorted.dtype
-  pairs = _candidate_pairs(n)
-  i, j = pairs[:, 0], pairs[:, 1]
-  has_middle = jnp.asarray(i + j < n)
+  flat = jnp.arange((n + 1) ** 2)
+  i, j = flat // (n + 1), flat % (n + 1)
+  feasible = i + j <= n
+  has_middle = i + j < n
 
   below_two = tau < 2.0
   tau_safe = jnp.where(below_two, tau, 0.0)
@@ -254,27 +257,29 @@ def _candidates(p_sorted: jax.Array, tau: jax.Array,
   log_r = 2.0 * bound  # log R, R = e^{2Λ}
 
   # n + 1 prefix / suffix log-sums (index k: Σ_{l<k} resp. Σ_{l≥k}),
-  # gathered per candidate, instead of a masked sum per candidate.
-  counts = np.arange(n + 1)
-  prefix = jnp.asarray(np.arange(n)[None, :] < counts[:, None])
+  # gathered per candidate.
+  minus_inf = jnp.full((1,), -jnp.inf, dtype)
 
-  def log_sums(mask, log_terms):
-    return jax.nn.logsumexp(jnp.where(mask, log_terms[None, :], -jnp.inf),
-                            axis=-1)
+  def log_prefix(log_terms):  # log Σ_{l<k} e^{x_l}, k = 0..n
+    return jnp.concatenate([minus_inf, jax.lax.cumlogsumexp(log_terms)])
 
-  log_p_top = log_sums(prefix, log_p)[i]  # P_top = Σ_{k<i} p_k
-  log_p_bottom = log_sums(~prefix, log_p)[n - j]  # P_bottom = Σ_{k≥n−j} p_k
+  def log_suffix(log_terms):  # log Σ_{l≥k} e^{x_l}, k = 0..n
+    return jnp.concatenate(
+        [jax.lax.cumlogsumexp(log_terms, reverse=True), minus_inf])
+
+  log_p_top = log_prefix(log_p)[i]  # P_top = Σ_{k<i} p_k
+  bottom_start = jnp.clip(n - j, 0, n)
+  log_p_bottom = log_suffix(log_p)[bottom_start]  # P_bottom = Σ_{k≥n−j} p_k
   # S = Σ_{i ≤ k < n−j} p_k^a = T(i) − T(n − j), T(k) = Σ_{l≥k} p_l^a. The
   # bottom terms are each at most the smallest middle term, so the
   # subtraction loses at most a factor n + 1 of relative precision.
-  log_tail_a = log_sums(~prefix, a * log_p)
-  hi, lo = log_tail_a[i], log_tail_a[n - j]
+  log_tail_a = log_suffix(a * log_p)
+  hi, lo = log_tail_a[i], log_tail_a[bottom_start]
   ratio = jnp.exp(jnp.where(has_middle, lo - hi, -jnp.inf))
   log_s_middle = jnp.where(has_middle,
                            hi + jnp.log1p(-jnp.minimum(ratio, 1.0)), -jnp.inf)
-  with np.errstate(divide="ignore"):
-    log_i = jnp.asarray(np.log(i), dtype)
-    log_j = jnp.asarray(np.log(j), dtype)
+  log_i = jnp.log(i.astype(dtype))  # −∞ at i = 0
+  log_j = jnp.log(j.astype(dtype))
   log_ir_j = jnp.logaddexp(log_i + log_r, log_j)  # log(i·R + j)
   # log W = log(R^{τ−1} P_top + P_bottom)
   log_w = jnp.logaddexp((tau_safe - 1.0) * log_r + log_p_top, log_p_bottom)
@@ -284,11 +289,11 @@ def _candidates(p_sorted: jax.Array, tau: jax.Array,
   log_m = -jnp.where(has_middle,
                      jnp.logaddexp(log_ir_j, log_kappa + log_s_middle),
                      log_ir_j)
-  mixed_ok = below_two & jnp.asarray(i + j > 0)
+  mixed_ok = below_two & (i + j > 0)
 
   # Optimality conditions at the group boundaries (docstring).
   def level(k):
-    return log_kappa + a * log_p[np.clip(k, 0, n - 1)]
+    return log_kappa + a * log_p[jnp.clip(k, 0, n - 1)]
 
   relu = lambda z: jnp.maximum(z, 0.0)  # noqa: E731
   zero = jnp.zeros((), dtype)
@@ -298,6 +303,7 @@ def _candidates(p_sorted: jax.Array, tau: jax.Array,
       jnp.where(has_middle,
                 jnp.maximum(relu(level(i) - log_r), relu(-level(n - j - 1))),
                 zero))
+  violation = jnp.where(feasible, violation, jnp.inf)
   spread = a * (log_p[0] - log_p[-1])  # does q ∝ p^a fit into the box?
   violation = jnp.concatenate([violation, relu(spread - log_r)[None]])
   # NaN (a degenerate candidate, e.g. ∞ − ∞ with zero probabilities) counts
@@ -306,14 +312,20 @@ def _candidates(p_sorted: jax.Array, tau: jax.Array,
   log_m = jnp.concatenate([log_m, jnp.zeros((1,), dtype)])
   log_kappa = jnp.concatenate([log_kappa,
                                -jax.nn.logsumexp(a * log_p)[None]])
-  valid = jnp.concatenate([~has_middle | mixed_ok, below_two[None]])
-  return _Candidates(log_m, log_kappa, valid, violation, a, log_p, log_r)
+  valid = jnp.concatenate([feasible & (~has_middle | mixed_ok),
+                           below_two[None]])
+  no_group = jnp.zeros((1,), i.dtype)
+  return _Candidates(log_m, log_kappa, valid, violation,
+                     jnp.concatenate([i, no_group]),
+                     jnp.concatenate([j, no_group]), a, log_p, log_r)
 
 
 def _candidate_log_q(cands: _Candidates, rows: Any) -> jax.Array:
   """log q [len(rows), n] of the candidates ``rows`` (static or traced)."""
-  top, bottom = (jnp.asarray(mask)[rows]
-                 for mask in _candidate_masks(cands.log_p.shape[-1]))
+  n = cands.log_p.shape[-1]
+  index = jnp.arange(n)
+  top = index[None, :] < cands.num_top[rows][:, None]
+  bottom = index[None, :] >= n - cands.num_bottom[rows][:, None]
   log_m = cands.log_m[rows][:, None]
   middle = (cands.log_kappa[rows][:, None] + log_m +
             cands.a * cands.log_p[None, :])
@@ -381,8 +393,9 @@ def score_bounded_certificate(scores: jax.Array, probs: jax.Array,
     problem in q, module docstring); 0 for τ > 2, where it is no bound.
   """
   validation.check_probs(probs, jnp.shape(scores))
+  _inputs.check_scores_and_probs(scores, probs)
   validation.check_tau(tau)
-  validation.check_nonnegative(score_bound, "score_bound", allow_zero=False)
+  _inputs.check_score_bound(score_bound)
   dtype = validation.compute_dtype(probs)
   probs = jnp.asarray(probs, dtype)
   batch = probs.shape[:-1]
@@ -404,17 +417,16 @@ def _certificate_batched(scores, probs, tau, bound):
 # with the smallest optimality-condition violation (_candidates). For
 # τ < 2 the minimiser satisfies the conditions exactly, so it is among them
 # (ties only between candidates with the same q); for τ ≥ 2 only the n + 1
-# two-level candidates are valid, and they are always evaluated. At n = 10
-# this evaluates 15 risks instead of 67 (benchmarks/results/theory.md);
-# tests check it against the full enumeration (keep_mixed=None).
+# two-level candidates are valid, and they are always evaluated. Tests check
+# this against the full enumeration (keep_mixed=None).
 _KEEP_MIXED = 4
 
 
 def _smallest_indices(values: jax.Array, k: int) -> jax.Array:
   """Indices of the k smallest entries of a vector (k rounds of argmin).
 
-  On XLA:CPU ``lax.top_k`` sorts the whole vector, which took 40 % of the
-  n = 10 solve; k rounds of argmin cost a fraction of that.
+  On XLA:CPU ``lax.top_k`` sorts the whole vector; k rounds of argmin are
+  cheaper for small k.
   """
   picked = []
   for _ in range(k):
@@ -424,38 +436,85 @@ def _smallest_indices(values: jax.Array, k: int) -> jax.Array:
   return jnp.stack(picked)
 
 
-def _solve_one(probs: jax.Array, tau: jax.Array, bound: jax.Array,
-               keep_mixed: int | None = _KEEP_MIXED) -> BoxSolution:
+def _per_label_losses(scores: jax.Array, tau: jax.Array) -> jax.Array:
+  """ℓ_τ(s, y) for every y: Φ^τ(e^{c_y} − 1) = c_y·φ((1−τ)c_y), c_y = CE_y.
+
+  c_y = logsumexp(s) − s_y and φ(x) = expm1(x)/x; finite for finite scores.
+  """
+  ce = jnp.maximum(jax.nn.logsumexp(scores) - scores, 0.0)
+  return ce * _numerics.expm1_ratio((1.0 - tau) * ce)
+
+
+def _minimiser_one(probs: jax.Array, tau: jax.Array, bound: jax.Array,
+                   keep_mixed: int | None) -> tuple[jax.Array, jax.Array]:
+  """(C*, a minimiser s*) of one problem by the active-set enumeration."""
+  n = probs.shape[-1]
   order = jnp.argsort(-probs)
   p_sorted = probs[order]
   cands = _candidates(p_sorted, tau, bound)
-  n = probs.shape[-1]
-  pairs = _candidate_pairs(n)
-  two_level = np.flatnonzero(pairs.sum(-1) == n)
-  mixed = np.append(np.flatnonzero(pairs.sum(-1) < n), len(pairs))
-  if keep_mixed is not None and keep_mixed < len(mixed):
-    closest = _smallest_indices(cands.violation[mixed], keep_mixed)
+  num_rows = (n + 1) ** 2 + 1
+  two_level = _two_level_rows(n)
+  mixed_count = n * (n + 1) // 2 + 1  # pairs with i + j < n, unconstrained
+  if keep_mixed is not None and keep_mixed < mixed_count:
+    is_mixed = np.ones(num_rows, bool)
+    is_mixed[two_level] = False
+    selection = jnp.where(jnp.asarray(is_mixed), cands.violation, jnp.inf)
     rows = jnp.concatenate([jnp.asarray(two_level),
-                            jnp.asarray(mixed)[closest]])
+                            _smallest_indices(selection, keep_mixed)])
   else:
-    rows = np.arange(len(pairs) + 1)
+    rows = _feasible_rows(n)
   log_q, valid = _candidate_log_q(cands, rows), cands.valid[rows]
   candidates = _scores_in_box(log_q, bound)
   values = jax.vmap(_risk, in_axes=(0, None, None))(candidates, p_sorted, tau)
   values = jnp.where(valid & ~jnp.isnan(values), values, jnp.inf)
   best = jnp.argmin(values)
   scores = jnp.zeros_like(probs).at[order].set(candidates[best])
-  kkt, gap = _certificate_one(scores, probs, tau, bound)
-  return BoxSolution(values[best], scores, kkt, gap)
+  return values[best], scores
+
+
+def _solve_one(probs: jax.Array, tau: jax.Array, bound: jax.Array,
+               keep_mixed: int | None = _KEEP_MIXED) -> BoxSolution:
+  """Exact solve of one problem; value differentiable by the envelope theorem.
+
+  The enumeration runs on stopped inputs; the value is then re-expressed as
+  C(s*) with s* = Λ·u* (u* = s*/Λ held fixed), which has the envelope-theorem
+  derivatives of C*:
+
+    ∂C*/∂p_y = ℓ_τ(s*, y),  ∂C*/∂τ = Σ_y p_y ∂_τℓ_τ(s*, y),
+    ∂C*/∂Λ = ∇_sC(s*)·s*/Λ,
+
+  the exact (one-sided at a switch of minimiser) first derivatives; the
+  minimiser and the certificate carry no derivative.
+  """
+  value, scores = _minimiser_one(jax.lax.stop_gradient(probs),
+                                 jax.lax.stop_gradient(tau),
+                                 jax.lax.stop_gradient(bound), keep_mixed)
+  fixed_bound = jax.lax.stop_gradient(bound)
+  direction = scores / fixed_bound  # u* = s*/Λ
+  live_scores = scores + (bound - fixed_bound) * direction  # = s*, ∂/∂Λ = u*
+  # C(s*) = Σ_y p_y ℓ_τ(s*, y), linear in p (unnormalised p included).
+  live_value = jnp.sum(probs * _per_label_losses(live_scores, tau))
+  value = value + (live_value - jax.lax.stop_gradient(live_value))
+  kkt, gap = _certificate_one(scores, jax.lax.stop_gradient(probs),
+                              jax.lax.stop_gradient(tau), fixed_bound)
+  return BoxSolution(value, scores, kkt, gap)
 
 
 def solve_score_bounded(probs: jax.Array, tau: jax.Array | float,
                         score_bound: jax.Array | float) -> BoxSolution:
   """Exact C*_τ(H_Λ, x) = min_{s ∈ [−Λ,Λ]^n} Σ_y p_y ℓ_τ(s, y), with certificate.
 
-  Finite active-set enumeration (module docstring): (n+1)(n+2)/2 + 1
-  candidates of cost O(n) each, no iteration, so it is jit-, vmap- and
-  grad-friendly and its cost does not depend on p, τ or Λ.
+  Finite active-set enumeration (module docstring): p is sorted once, the
+  O(n²) candidates (i, j) are scored by O(1) optimality conditions from
+  prefix/suffix log-sums, and only the n + 1 two-level candidates and the
+  few mixed ones closest to the conditions get their O(n) risk evaluated:
+  O(n²) memory and compile size, no iteration, cost independent of p, τ, Λ.
+
+  Derivatives (``jax.grad``/``jvp`` in p, τ and Λ) follow the envelope
+  theorem at the minimiser s*: ∂C*/∂p_y = ℓ_τ(s*, y), ∂C*/∂τ =
+  Σ_y p_y ∂_τℓ_τ(s*, y), ∂C*/∂Λ = ∇_sC(s*)·s*/Λ (exact where the minimiser
+  is unique; one of the one-sided derivatives where it switches). The
+  returned scores and certificate carry no derivative.
 
   Args:
     probs: p(·|x), shape [..., n] on the simplex.
@@ -466,11 +525,13 @@ def solve_score_bounded(probs: jax.Array, tau: jax.Array | float,
     :class:`BoxSolution` with batch shape [...].
 
   Raises:
-    ValueError: concrete probs off the simplex, τ < 0, Λ ≤ 0.
+    ValueError: concrete probs off the simplex or not finite, τ < 0, Λ not
+      finite and > 0.
   """
   validation.check_probs(probs)
+  _inputs.check_finite(probs, "probs")
   validation.check_tau(tau)
-  validation.check_nonnegative(score_bound, "score_bound", allow_zero=False)
+  _inputs.check_score_bound(score_bound)
   dtype = validation.compute_dtype(probs)
   probs = jnp.asarray(probs, dtype)
   batch = probs.shape[:-1]
@@ -480,10 +541,9 @@ def solve_score_bounded(probs: jax.Array, tau: jax.Array | float,
 
 
 # On CPU, large batches are solved in chunks of this many problems
-# (``jax.lax.map`` with ``batch_size``): the [chunk, C, n] intermediates stay
-# in cache instead of streaming ~0.5 GB arrays through memory at 10⁵ problems
-# (benchmarks/results/theory.md: 1.43× faster). Accelerators take the whole
-# batch at once.
+# (``jax.lax.map`` with ``batch_size``) so that the per-chunk intermediates
+# stay in cache (measurements: benchmarks/results/theory.md). Accelerators
+# take the whole batch at once.
 _CPU_CHUNK = 1024
 
 

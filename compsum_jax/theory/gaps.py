@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from compsum_jax import validation
 from compsum_jax.losses import phi_tau
-from compsum_jax.theory import bounds, conditional, regret
+from compsum_jax.theory import _inputs, bounds, conditional, regret
 
 
 def _mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
@@ -99,7 +99,7 @@ def deterministic_best_conditional_risk(tau: jax.Array | float,
   """
   validation.check_tau(tau)
   bounds.check_num_classes(num_classes)
-  validation.check_nonnegative(score_bound, "score_bound", allow_zero=False)
+  _inputs.check_score_bound(score_bound)
   bound = jnp.asarray(score_bound, validation.compute_dtype(
       jnp.asarray(score_bound)))
   # C* = Φ^τ((n − 1)e^{−2Λ})   (notes §4.2)
@@ -114,6 +114,68 @@ def deterministic_minimizability_gap(best_in_class_risk: jax.Array | float,
   """M_τ(H_Λ) = R*_τ(H_Λ) − Φ^τ((n−1)e^{−2Λ}), deterministic labels (§4.2)."""
   return best_in_class_risk - deterministic_best_conditional_risk(
       tau, num_classes, score_bound)
+
+
+def constant_score_zero_one_bound(surrogate_excess: jax.Array | float,
+                                  tau: jax.Array | float, probs: jax.Array,
+                                  score_bound: jax.Array | float,
+                                  weights: jax.Array | None = None
+                                  ) -> jax.Array:
+  """Zero-one H-consistency bound of the constant-score family H_Λ.
+
+  H_Λ = constant score vectors in [−Λ, Λ]^n; the distribution is given by
+  samples x_i with posteriors p(·|x_i) (rows of ``probs``) and weights. A
+  constant h has R_τ(h) = C_τ(h, p̄), p̄ = E_x p(·|x), so
+
+    R*_τ(H_Λ) = C*_τ(H_Λ, p̄),  M_τ(H_Λ) = C*_τ(H_Λ, p̄) − E_x C*_τ(H_Λ, x),
+    M_{0-1}(H_Λ) = (1 − max_y p̄_y) − E_x(1 − max_y p(y|x)),
+
+  (C* by the exact score-bounded solve) and the comp-sum H-consistency bound
+  with minimizability gaps reads
+
+    R_{0-1}(h) − R*_{0-1}(H_Λ) ≤ Γ_τ(ε + M_τ(H_Λ)) − M_{0-1}(H_Λ),
+
+  ε = R_τ(h) − R*_τ(H_Λ). Differentiable in ε, τ and Λ (exact derivatives of
+  Γ_τ and, by the envelope theorem, of C*), so τ can be chosen by gradient
+  descent.
+
+  Args:
+    surrogate_excess: ε ≥ 0, the estimation error of the surrogate.
+    tau: scalar τ ≥ 0.
+    probs: posteriors p(·|x_i), shape [m, n].
+    score_bound: Λ > 0, finite (scalar).
+    weights: sample weights [m]; default uniform.
+
+  Returns:
+    The bound (scalar).
+  """
+  validation.check_nonnegative(surrogate_excess, "surrogate_excess")
+  validation.check_probs(probs)
+  validation.check_tau(tau)
+  _inputs.check_score_bound(score_bound)
+  dtype = validation.compute_dtype(jnp.asarray(probs))
+  probs = jnp.asarray(probs, dtype)
+  if probs.ndim != 2:
+    raise ValueError(f"probs must have shape [m, n], got shape {probs.shape}")
+  m, n = probs.shape
+  tau = jnp.asarray(tau, dtype)
+  if weights is None:
+    weights = jnp.full((m,), 1.0 / m, dtype)
+  else:
+    validation.check_nonnegative(weights, "weights")
+    weights = jnp.asarray(weights, dtype) / jnp.sum(weights)
+  mean_probs = weights @ probs  # p̄ = E_x p(·|x)
+  best_in_class = regret.best_conditional_risk(mean_probs, tau, score_bound)
+  pointwise = weights @ regret.best_conditional_risk(
+      probs, jnp.broadcast_to(tau, (m,)), score_bound)
+  # M_τ = R*_τ − E_x C*_τ ≥ 0 (clamped against rounding)
+  surrogate_gap = jnp.maximum(best_in_class - pointwise, 0.0)
+  # M_{0-1} = (1 − max p̄) − E_x(1 − max p(·|x))
+  zero_one_gap = (1.0 - jnp.max(mean_probs)) - weights @ (
+      1.0 - jnp.max(probs, axis=-1))
+  return bounds.inverse_transform(
+      jnp.asarray(surrogate_excess, dtype) + surrogate_gap, tau,
+      n) - zero_one_gap
 
 
 class BoundSides(NamedTuple):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from compsum_jax import validation
-from compsum_jax.theory import conditional, families
+from compsum_jax.theory import _inputs, conditional, families
 
 
 def best_conditional_risk(probs: jax.Array, tau: jax.Array | float,
@@ -37,6 +37,7 @@ def best_conditional_risk(probs: jax.Array, tau: jax.Array | float,
     ValueError: concrete probs negative/unnormalised, τ < 0, Λ ≤ 0.
   """
   validation.check_probs(probs)
+  _inputs.check_finite(probs, "probs")
   validation.check_tau(tau)
   family = families.resolve_family(score_bound, family)
   dtype = validation.compute_dtype(probs)

@@ -356,7 +356,7 @@ def _write_run_result(path: str, record: Mapping[str, Any]) -> None:
   """Process 0 writes a run's final.json; every process waits for it."""
   if training.is_primary():
     common.write_json(path, record)
-  training.distributed.sync(f"run_result:{path}")
+  training.distributed.sync("run_result")  # same name on every host
 
 
 def evaluate_test(experiment: Experiment, state: training.TrainState,
@@ -470,5 +470,5 @@ def run(config: Any, workdir: str, log: Callable[[str], None] | None = None
   if training.is_primary():  # process 0 writes every file
     common.write_json(os.path.join(workdir, RESULTS_JSON), results)
     report.write_report(results, workdir)
-  training.distributed.sync(f"results:{workdir}")
+  training.distributed.sync("results")  # same name on every host
   return results

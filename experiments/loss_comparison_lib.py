@@ -370,7 +370,7 @@ def eval_history(group_workdir: str) -> list[dict[str, Any]]:
   Process 0 writes the file; with several processes every process waits
   here until it is written, then reads it (the workdir is shared).
   """
-  training.distributed.sync(f"eval_history:{group_workdir}")
+  training.distributed.sync("eval_history")  # same name on every host
   by_step = {}
   for record in training.read_metrics(group_workdir):
     if record.get("split") == "eval":
@@ -576,7 +576,7 @@ def run_one(config: Any, workdir: str, log: Callable[[str], None] = print,
                        time.perf_counter() - start,
                        "train_seconds_this_process": train_seconds,
                        "mode": mode, "backend": jax.default_backend()})
-  training.distributed.sync(f"results:{workdir}")
+  training.distributed.sync("results")  # same name on every host
   return results, paths
 
 

@@ -107,9 +107,9 @@ Fields (primitives only):
   num_test_examples (None: whole test split), augment (None: the dataset's
   default), augment_flip, keep_checkpoints, log_every_steps, progress,
   tensorboard.
-  cpu_devices: None, or N host-platform CPU devices to create (CPU hosts;
-    applied by the binary before JAX starts; does not change the results'
-    identity).
+  cpu_devices: None, or N host-platform CPU devices to create per process
+    (CPU hosts; the data axis of the steps' mesh; applied by the binary
+    before JAX starts; does not change the results' identity).
 """
 
 from __future__ import annotations

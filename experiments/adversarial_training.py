@@ -18,16 +18,23 @@ different config is refused naming the fields (exit status 2) unless
 written; ``--retry_diverged`` trains them again), the workdir is busy or the
 disk is full; 2 for a config error (one line). ``--help`` lists presets and
 config fields.
+
+Several cooperating processes (one per host; README "Several hosts"): add
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` to each
+(or ``--distributed=auto`` under SLURM / Open MPI / Cloud TPU);
+``tools/launch_local.py`` starts N of them on this machine. Process 0 writes
+every file and prints the results.
 """
 
 from __future__ import annotations
 
 from absl import app, flags, logging
 
+from compsum_jax import training
 from configs import adversarial_training as presets
 from experiments import adversarial_training_lib as lib
 from experiments import adversarial_training_report as report
-from experiments import cli, common, run_outcome
+from experiments import cli, common, distributed_flags, run_outcome
 
 _CONFIG = cli.define_config_file(
     "config", None, "Config file and preset, e.g. "
@@ -56,21 +63,29 @@ def main(argv: list[str]) -> None:
   with cli.config_errors():
     lib.validate_config(config)  # before any data is loaded
   common.configure_cpu_devices(config)  # before JAX starts its backends
+  try:  # several processes: join them before any other JAX use
+    distributed_flags.initialize_from_flags()
+  except ValueError as error:
+    cli.exit_with_usage_error(str(error))
+  primary = training.is_primary()  # process 0 prints; the others stay quiet
   if _DRY_RUN.value:
     from experiments import planning  # pylint: disable=g-import-not-at-top
 
-    result = planning.plan(config, _WORKDIR.value, "adversarial_training")
-    print(planning.plan_markdown(result))
+    if primary:
+      result = planning.plan(config, _WORKDIR.value, "adversarial_training")
+      print(planning.plan_markdown(result))
     return
   with run_outcome.fatal_errors():
     results = lib.run(config, _WORKDIR.value,
-                      log=lambda line: print(line, flush=True),
+                      log=(lambda line: print(line, flush=True)) if primary
+                      else None,
                       new_run_dir=_NEW_RUN_DIR.value,
                       retry_diverged=_RETRY_DIVERGED.value)
   run_dir = (lib.config_run_dir(config, _WORKDIR.value) if _NEW_RUN_DIR.value
              else _WORKDIR.value)
-  print(f"wrote {run_dir}/{report.RESULTS_MD}")
-  print(report.results_markdown(results), flush=True)
+  if primary:
+    print(f"wrote {run_dir}/{report.RESULTS_MD}")
+    print(report.results_markdown(results), flush=True)
   failed = lib.failed_runs(results)
   if failed:
     run_outcome.exit_with_failure(

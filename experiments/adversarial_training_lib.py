@@ -125,6 +125,7 @@ def check_config(config: Any) -> None:
   if config.num_test_examples is not None:
     common.check_int(config, "num_test_examples", low=1)
   common.check_float(config, "ema_decay", low=0.0, high=1.0, high_open=True)
+  common.check_int(config, "cpu_devices", low=1, optional=True)
   _check_attack_spec(config.validation_attack, "validation_attack")
   for name, spec in config.test_attacks.items():
     _check_attack_spec(spec, name)
@@ -424,9 +425,8 @@ def train_and_evaluate(experiment: Experiment, run: PlannedRun, workdir: str,
   eval_batch_size = int(config.eval_batch_size)
 
   def evaluate_fn(state, epochs_done):
-    out = training.evaluate(val_step, state,
-                            data.eval_batches(ds.validation, eval_batch_size),
-                            mesh=mesh, rng=run.seed + 1)
+    out = common.evaluate_split(val_step, state, ds.validation,
+                                eval_batch_size, mesh=mesh, rng=run.seed + 1)
     return {"val_accuracy": float(out["correct"]),
             "val_robust_accuracy": float(out["robust_val"]),
             **nu_threshold_metrics(experiment, run, state, epochs_done)}
@@ -440,7 +440,7 @@ def train_and_evaluate(experiment: Experiment, run: PlannedRun, workdir: str,
     result = training.fit(
         workdir=workdir, config=run_config, state=state,
         train_step=train_step, mesh=mesh,
-        train_batches=common.epoch_batches(config, ds),
+        train_batches=common.epoch_batches(config, ds, mesh),
         steps_per_epoch=experiment.steps_per_epoch,
         num_epochs=int(config.num_epochs), evaluate_fn=evaluate_fn,
         eval_every_epochs=int(config.eval_every_epochs),
@@ -448,15 +448,17 @@ def train_and_evaluate(experiment: Experiment, run: PlannedRun, workdir: str,
         best_metric="val_robust_accuracy", best_mode="max",
         log_every_steps=int(config.log_every_steps),
         learning_rate_fn=experiment.schedule,
-        progress=bool(config.progress), tensorboard=bool(config.tensorboard))
+        progress=bool(config.progress), tensorboard=bool(config.tensorboard),
+        global_batch_size=(int(config.batch_size)
+                           if jax.process_count() > 1 else None))
   except training.NonFiniteError as e:
     record.update(status="nonfinite", error=str(e))
-    common.write_json(final_path, record)
+    _write_run_result(final_path, record)
     return record
   store = training.CheckpointStore(
       os.path.join(workdir, training.loop.CHECKPOINT_DIR),
       best_metric="val_robust_accuracy")
-  try:
+  try:  # every process takes part in the restore
     best_step = store.best_step()
     best_state, meta = store.restore(result.state, best_step)
   finally:
@@ -466,8 +468,15 @@ def train_and_evaluate(experiment: Experiment, run: PlannedRun, workdir: str,
                 final_metrics=result.final_metrics)
   record.update(nu_threshold_record(config, run, workdir))
   record.update(evaluate_test(experiment, best_state, run.seed))
-  common.write_json(final_path, record)
+  _write_run_result(final_path, record)
   return record
+
+
+def _write_run_result(path: str, record: Mapping[str, Any]) -> None:
+  """Process 0 writes a run's final.json; every process waits for it."""
+  if training.is_primary():
+    common.write_json(path, record)
+  training.distributed.sync("run_result")  # same name on every host
 
 
 def evaluate_test(experiment: Experiment, state: training.TrainState,
@@ -481,9 +490,8 @@ def evaluate_test(experiment: Experiment, state: training.TrainState,
   eval_batch_size = int(config.eval_batch_size)
   eval_step = experiment.eval_step(config.test_attacks)
   start = time.perf_counter()
-  out = training.evaluate(eval_step, state,
-                          data.eval_batches(test, eval_batch_size),
-                          mesh=experiment.mesh, rng=seed + 2)
+  out = common.evaluate_split(eval_step, state, test, eval_batch_size,
+                             mesh=experiment.mesh, rng=seed + 2)
   record: dict[str, Any] = {
       "num_test_examples": int(out["count"]),
       "clean_accuracy": float(out["correct"]),
@@ -491,27 +499,7 @@ def evaluate_test(experiment: Experiment, state: training.TrainState,
   for name in config.test_attacks:
     record[f"robust_{name}"] = float(out[f"robust_{name}"])
   if config.cascade:
-    params = state.ema_params if experiment.use_ema else state.params
-    cascade = attacks.robust_accuracy(
-        adversarial.inference_logits_fn(experiment.model, params,
-                                        state.batch_stats),
-        data.to_float_images(test.images), test.labels,
-        jax.random.key(seed + 3), attacks=list(config.cascade),
-        eps=float(config.eps), norm=config.norm, batch_size=eval_batch_size,
-        overrides=_as_dict(config.cascade_overrides) or None)
-    record["robust_cascade"] = float(cascade.robust_accuracy)
-    record["cascade_clean_accuracy"] = float(cascade.clean_accuracy)
-    record["gradient_masking_suspected"] = bool(
-        cascade.gradient_masking_suspected)
-    # Points broken by Square but by none of the gradient attacks before it.
-    record["num_broken_only_by_gradient_free"] = int(
-        cascade.num_broken_only_by_gradient_free)
-    record["cascade_stages"] = [
-        {"name": s.name, "attacked": s.num_attacked, "broken": s.num_broken,
-         "robust_accuracy_after": s.robust_accuracy_after}
-        for s in cascade.stages]
-    # The exact attacks behind robust_cascade (stated in results.md).
-    record["cascade_attack_configuration"] = cascade.attack_configuration
+    record.update(cascade_test(experiment, state, test, seed))
   record["test_eval_seconds"] = time.perf_counter() - start
   return record
 
@@ -602,7 +590,9 @@ def nu_threshold_metrics(experiment: Experiment, run: PlannedRun,
                                            NU_THRESHOLD_MIN_STEPS)
   split = experiment.dataset.validation
   limit = settings["num_examples"] or split.num_examples
-  params = state.ema_params if experiment.use_ema else state.params
+  # Process-local copies of the (replicated) parameters, as for the cascade.
+  params = training.fetch(state.ema_params if experiment.use_ema
+                          else state.params)
   diagnostic = smooth_weight.smooth_term_weight_threshold(
       _eval_apply_fn(experiment),
       data.to_float_images(split.images[:limit]), split.labels[:limit],
@@ -611,7 +601,7 @@ def nu_threshold_metrics(experiment: Experiment, run: PlannedRun,
       norm=attack.get("norm", "linf"), step_size=float(attack["step_size"]),
       num_steps=int(num_steps), num_restarts=1,
       batch_size=int(config.eval_batch_size),
-      variables=(params, state.batch_stats))
+      variables=(params, training.fetch(state.batch_stats)))
   if hparams["nu"] >= diagnostic.nu_threshold:
     warnings.warn(
         f"{run_name(*run)}, epoch {epochs_done}: configured nu="
@@ -641,6 +631,53 @@ def nu_threshold_record(config: Any, run: PlannedRun, workdir: str
       entry["nu_exceeds_threshold"] = nu >= float(r["nu_threshold"])
       history.append(entry)
   return {"nu": nu, "nu_threshold_history": history}
+
+
+def cascade_test(experiment: Experiment, state: training.TrainState,
+                 test: data.ArraySplit, seed: int) -> dict[str, Any]:
+  """The attack cascade's robust accuracy on ``test``, with exact counts.
+
+  With several processes each attacks its contiguous share
+  ``process_slice(N)`` of the test points on its own devices (example i keeps
+  its global index, hence its attack keys), and the counts are summed over
+  processes: robust accuracy = Σ_p robust_p / N.
+  """
+  config = experiment.config
+  # Process-local copies of the (replicated) parameters for host-side loops.
+  params = training.fetch(state.ema_params if experiment.use_ema
+                          else state.params)
+  batch_stats = training.fetch(state.batch_stats)
+  share = training.distributed.process_slice(test.num_examples)
+  cascade = attacks.robust_accuracy(
+      adversarial.inference_logits_fn(experiment.model, params, batch_stats),
+      data.to_float_images(test.images[share]), test.labels[share],
+      jax.random.key(seed + 3), attacks=list(config.cascade),
+      eps=float(config.eps), norm=config.norm,
+      batch_size=int(config.eval_batch_size),
+      overrides=_as_dict(config.cascade_overrides) or None,
+      example_offset=share.start)
+  counts = training.sum_over_processes({
+      "num": cascade.num_examples, "clean": cascade.num_clean_correct,
+      "robust": cascade.num_robust,
+      # Points broken by Square but by none of the gradient attacks before it.
+      "gradient_free_only": cascade.num_broken_only_by_gradient_free,
+      "attacked": [s.num_attacked for s in cascade.stages],
+      "broken": [s.num_broken for s in cascade.stages],
+      "after": [s.num_robust_after for s in cascade.stages]})
+  num = int(counts["num"])
+  return {
+      # The exact attacks behind robust_cascade (stated in results.md).
+      "cascade_attack_configuration": cascade.attack_configuration,
+      "robust_cascade": int(counts["robust"]) / num,
+      "cascade_clean_accuracy": int(counts["clean"]) / num,
+      "gradient_masking_suspected": int(counts["gradient_free_only"]) > 0,
+      "num_broken_only_by_gradient_free": int(counts["gradient_free_only"]),
+      "cascade_stages": [
+          {"name": s.name, "attacked": int(attacked), "broken": int(broken),
+           "robust_accuracy_after": int(after) / num}
+          for s, attacked, broken, after in zip(
+              cascade.stages, counts["attacked"], counts["broken"],
+              counts["after"], strict=True)]}
 
 
 # --- the experiment -----------------------------------------------------------
@@ -708,9 +745,12 @@ def run(config: Any, workdir: str, log: Callable[[str], None] | None = None,
       say(f"[{i + 1}/{len(planned)}] {name}: {record['status']} {scores} "
           f"({time.perf_counter() - start:.0f} s)")
     results = {"config": common.to_jsonable(config), "runs": records,
-               "summary": report.summarize(records, columns)}
-    common.write_json(os.path.join(run_dir, RESULTS_JSON), results)
-    report.write_report(results, run_dir)
+               "summary": report.summarize(records, columns),
+               "run": training.distributed.run_record(experiment.mesh)}
+    if training.is_primary():  # process 0 writes every file
+      common.write_json(os.path.join(run_dir, RESULTS_JSON), results)
+      report.write_report(results, run_dir)
+    training.distributed.sync("results")  # same name on every host
   return results
 
 

@@ -379,13 +379,24 @@ def make_augment_fn(config: Any, dataset: data_lib.Dataset
   return augment_fn
 
 
-def epoch_batches(config: Any, dataset: data_lib.Dataset
+def epoch_batches(config: Any, dataset: data_lib.Dataset,
+                  mesh: jax.sharding.Mesh | None = None
                   ) -> Callable[[int], Iterator[dict[str, np.ndarray]]]:
-  """``epoch -> training batches``: a pure function of (data_seed, epoch)."""
+  """``epoch -> training batches``: a pure function of (data_seed, epoch).
+
+  Every process visits the same global batch order; with ``mesh`` each
+  yields only its rows ``training.process_batch_rows(mesh, B)`` of every
+  global batch of B = ``config.batch_size`` rows (all rows in one process):
+  pass ``global_batch_size=B`` to ``training.fit``.
+  """
   batch_size = int(config_value(config, "batch_size"))
   seed = int(config_value(config, "data_seed"))
+  rows = None
+  if mesh is not None and jax.process_count() > 1:
+    rows = training.process_batch_rows(mesh, batch_size)
   return lambda epoch: data_lib.train_batches(dataset.train, batch_size,
-                                              seed=seed, epoch=epoch)
+                                              seed=seed, epoch=epoch,
+                                              rows=rows)
 
 
 # ------------------------------------------------------- objective assembly
@@ -519,7 +530,8 @@ def init_states(model: nn.Module, optimizer: optax.GradientTransformation,
 def evaluate_split(eval_step: Callable[..., dict], state: training.TrainState,
                    split: data_lib.ArraySplit, batch_size: int,
                    labels: np.ndarray | None = None,
-                   mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+                   mesh: jax.sharding.Mesh | None = None,
+                   rng: jax.Array | int = 0) -> dict[str, Any]:
   """Exact averages of ``eval_step`` over a split (see training.evaluate).
 
   Args:
@@ -529,15 +541,25 @@ def evaluate_split(eval_step: Callable[..., dict], state: training.TrainState,
     batch_size: evaluation batch size.
     labels: labels to use instead of ``split.labels`` (e.g. the clean labels
       of a noisy training split), shape [N].
-    mesh: the mesh ``eval_step`` was built with (batches are sharded on it).
+    mesh: the mesh ``eval_step`` was built with (batches are sharded on it;
+      with several processes each reads only its rows of every batch).
+    rng: the evaluation key (batch i uses ``fold_in(rng, i)``).
 
   Returns:
     ``training.evaluate``'s dict (values [K] for stacked states).
   """
   if labels is not None:
     split = data_lib.ArraySplit(split.images, np.asarray(labels, np.int32))
+  if mesh is None or jax.process_count() == 1:
+    return training.evaluate(eval_step, state,
+                             data_lib.eval_batches(split, batch_size),
+                             mesh=mesh, rng=rng)
+  # Several processes: each materialises its rows of every global batch;
+  # the compiled step sums over the global batch (exact counts).
+  rows = training.process_batch_rows(mesh, batch_size)
   return training.evaluate(eval_step, state,
-                           data_lib.eval_batches(split, batch_size), mesh=mesh)
+                           data_lib.eval_batches(split, batch_size, rows=rows),
+                           mesh=mesh, rng=rng, global_batch_size=batch_size)
 
 
 def make_logits_fn(model: nn.Module, *, stacked: bool
@@ -559,12 +581,23 @@ def make_logits_fn(model: nn.Module, *, stacked: bool
 
 def predict_logits(logits_fn: Callable[..., jax.Array],
                    state: training.TrainState, split: data_lib.ArraySplit,
-                   batch_size: int) -> np.ndarray:
-  """Logits of the whole split as float32 NumPy, [N, n] or [K, N, n]."""
+                   batch_size: int, mesh: jax.sharding.Mesh | None = None
+                   ) -> np.ndarray:
+  """Logits of the whole split as float32 NumPy, [N, n] or [K, N, n].
+
+  With several processes pass the state's ``mesh``: each process then feeds
+  its rows of every batch and every process gets all logits (a collective).
+  """
+  distributed = mesh is not None and jax.process_count() > 1
+  rows = training.process_batch_rows(mesh, batch_size) if distributed else None
   outputs = []
-  for batch in data_lib.eval_batches(split, batch_size):
-    real = int(batch["mask"].sum())
-    out = np.asarray(jax.device_get(logits_fn(state, batch["image"])))
+  for batch in data_lib.eval_batches(split, batch_size, rows=rows):
+    real = min(batch_size, split.num_examples - batch_size * len(outputs))
+    images = batch["image"]
+    if distributed:
+      images = training.shard_batch({"image": images}, mesh,
+                                    global_batch_size=batch_size)["image"]
+    out = np.asarray(training.fetch(logits_fn(state, images)))
     outputs.append(out[..., :real, :])
   return np.concatenate(outputs, axis=-2)
 

@@ -21,6 +21,12 @@ the owner. Exit status: 0 when every member finished; 1 when the workdir is
 busy, the disk is full or a member diverged (a diverged group is not
 trained again on restart unless ``--retry_diverged`` is given); 2 for a
 config error (one line). ``--help`` lists the presets and config fields.
+
+Several cooperating processes (one per host; README "Several hosts"): add
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` to each
+(or ``--distributed=auto`` under SLURM / Open MPI / Cloud TPU);
+``tools/launch_local.py`` starts N of them on this machine. Process 0 writes
+every file.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ import sys
 
 from absl import app, flags, logging
 
+from compsum_jax import training
 from configs import loss_comparison as presets
-from experiments import cli, common, run_outcome
+from experiments import cli, common, distributed_flags, run_outcome
 from experiments import loss_comparison_lib as lib
 
 _CONFIG = cli.define_config_file(
@@ -55,14 +62,22 @@ def main(argv: list[str]) -> None:
   with cli.config_errors():
     lib.validate_config(config)  # fail fast, before any data is loaded
   common.configure_cpu_devices(config)  # before JAX starts its backends
+  try:  # several processes: join them before any other JAX use
+    distributed_flags.initialize_from_flags()
+  except ValueError as error:
+    cli.exit_with_usage_error(str(error))
   if _DRY_RUN.value:
     from experiments import planning  # pylint: disable=g-import-not-at-top
 
-    print(planning.plan_markdown(planning.plan(config, _WORKDIR.value,
-                                               "loss_comparison")))
+    if training.is_primary():
+      print(planning.plan_markdown(planning.plan(config, _WORKDIR.value,
+                                                 "loss_comparison")))
     return
+  # Process 0 prints the reports; the others stay quiet.
   with run_outcome.fatal_errors():
-    lib.run(config, _WORKDIR.value, retry_diverged=_RETRY_DIVERGED.value)
+    lib.run(config, _WORKDIR.value,
+            log=print if training.is_primary() else lambda line: None,
+            retry_diverged=_RETRY_DIVERGED.value)
   sys.stdout.flush()
 
 

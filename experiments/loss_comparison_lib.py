@@ -297,7 +297,7 @@ def make_evaluate_fn(sweep: Sweep, group: Sequence[common.Member], *,
            "train_accuracy": train["accuracy"], "train_loss": train["loss"]}
     if sweep.bound_check:
       logits = common.predict_logits(logits_fn, state, sweep.dataset.test,
-                                     batch_size)
+                                     batch_size, mesh=mesh)
       if not stacked:
         logits = logits[None]
       sides = theory.member_bound_sides(logits, sweep.posteriors, taus)
@@ -346,11 +346,12 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
                 "members": [m.index for m in group],
                 "taus": [m.hparams["tau"] for m in group],
                 "seeds": [m.seed for m in group], "stacked": stacked}
+  several = jax.process_count() > 1
   try:
     return training.fit(
         workdir=workdir, config=run_config, state=state,
         train_step=train_step, mesh=mesh,
-        train_batches=common.epoch_batches(config, sweep.dataset),
+        train_batches=common.epoch_batches(config, sweep.dataset, mesh),
         steps_per_epoch=sweep.steps_per_epoch,
         num_epochs=int(config.num_epochs),
         evaluate_fn=make_evaluate_fn(sweep, group, stacked=stacked),
@@ -359,7 +360,8 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
         checkpoint_every_epochs=int(config.checkpoint_every_epochs),
         log_every_steps=int(config.log_every_steps),
         learning_rate_fn=sweep.plan.schedule, progress=bool(config.progress),
-        tensorboard=bool(config.tensorboard))
+        tensorboard=bool(config.tensorboard),
+        global_batch_size=int(config.batch_size) if several else None)
   except training.NonFiniteError as error:
     bad = error.members if error.members is not None else [0]
     names = [f"tau={group[k].hparams['tau']:g} seed={group[k].seed}"
@@ -371,7 +373,12 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
 
 
 def eval_history(group_workdir: str) -> list[dict[str, Any]]:
-  """The 'eval' records of a group's metrics.jsonl, one per step, by step."""
+  """The 'eval' records of a group's metrics.jsonl, one per step, by step.
+
+  Process 0 writes the file; with several processes every process waits
+  here until it is written, then reads it (the workdir is shared).
+  """
+  training.distributed.sync("eval_history")  # same name on every host
   by_step = {}
   for record in training.read_metrics(group_workdir):
     if record.get("split") == "eval":
@@ -580,6 +587,8 @@ def summarize(sweep: Sweep, outcome: SweepOutcome) -> dict[str, Any]:
                 "mesh": _mesh_shape(sweep.mesh_for(
                     len(sweep.members) if mode == "vmap" else None)),
                 "std": "sample standard deviation over seeds (ddof=1)"},
+      "run": training.distributed.run_record(sweep.mesh_for(
+          len(sweep.members) if mode == "vmap" else None)),
       "per_tau": per_tau,
       "members": members_out,
       "bound_check": _bound_summary(sweep, members_out),
@@ -658,13 +667,19 @@ def run_one(config: Any, workdir: str, log: Callable[[str], None] = print,
           f"{check['rebuilt_epochs']} from the checkpoints; lost for good: "
           f"{check['missing_epochs'] or 'none'} (final values come from the "
           "final checkpoint)")
-  common.write_json(os.path.join(workdir, RESULTS_FILE), results)
-  paths = report.write_report(results, workdir)
-  common.write_json(os.path.join(workdir, TIMING_FILE),
-                    {"wall_seconds_this_process":
-                     time.perf_counter() - start,
-                     "train_seconds_this_process": train_seconds,
-                     "mode": mode, "backend": jax.default_backend()})
+  # The files process 0 writes (the others return the same paths).
+  paths = {"results": os.path.join(workdir, RESULTS_FILE),
+           **{name: os.path.join(workdir, rel)
+              for name, rel in results["files"].items()}}
+  if training.is_primary():  # process 0 writes every file
+    common.write_json(os.path.join(workdir, RESULTS_FILE), results)
+    paths = report.write_report(results, workdir)
+    common.write_json(os.path.join(workdir, TIMING_FILE),
+                      {"wall_seconds_this_process":
+                       time.perf_counter() - start,
+                       "train_seconds_this_process": train_seconds,
+                       "mode": mode, "backend": jax.default_backend()})
+  training.distributed.sync("results")  # same name on every host
   return results, paths
 
 

@@ -266,6 +266,30 @@ def test_preset_and_cascade_errors():
   assert rep.num_robust == rep.num_clean_correct
 
 
+def test_shares_with_example_offset_add_up_to_the_whole_set():
+  # One process's contiguous share keeps its examples' global indices (and so
+  # their attack keys): the shares' robust points are the whole set's.
+  f = _trained_model(0)
+  x, y = _test_points(60)
+  key = jax.random.key(5)
+  kw = dict(eps=EPS, batch_size=32, run_checks=False,
+            attacks=["apgd_ce", "square"],
+            overrides={"num_steps": 5, "num_queries": 30})
+  whole = attacks.robust_accuracy(f, x, y, key, **kw)
+  first = attacks.robust_accuracy(f, x[:25], y[:25], key, **kw)
+  second = attacks.robust_accuracy(f, x[25:], y[25:], key,
+                                   example_offset=25, **kw)
+  np.testing.assert_array_equal(
+      np.concatenate([first.robust, second.robust]), whole.robust)
+  assert first.num_robust + second.num_robust == whole.num_robust
+  for s1, s2, s in zip(first.stages, second.stages, whole.stages,
+                       strict=True):
+    assert s1.num_attacked + s2.num_attacked == s.num_attacked
+    assert s1.num_broken + s2.num_broken == s.num_broken
+  with pytest.raises(ValueError, match="example_offset=-1"):
+    attacks.robust_accuracy(f, x, y, key, example_offset=-1, **kw)
+
+
 def test_early_exit_gives_the_exhaustive_robust_set_with_less_work():
   f = _trained_model(0)
   x, y = _test_points(48)

@@ -327,13 +327,15 @@ def sanity_checks(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *,
                       gradient_objective=objective_name)
 
 
-def _example_keys(key: jax.Array, name: str, num: int) -> np.ndarray:
-  """Per-example keys fold_in(fold_in(key, crc32(name)), i), i = 0..num−1."""
+def _example_keys(key: jax.Array, name: str, num: int, offset: int = 0
+                  ) -> np.ndarray:
+  """Per-example keys fold_in(fold_in(key, crc32(name)), offset + i),
+  i = 0..num−1."""
   if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.wrap_key_data(key)  # raw uint32 key
   attack_key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
   keys = jax.vmap(lambda i: jax.random.fold_in(attack_key, i))(
-      jnp.arange(num))
+      offset + jnp.arange(num))
   return np.asarray(jax.random.key_data(keys))
 
 
@@ -405,8 +407,8 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                     batch_size: int = 256, run_all: bool = False,
                     early_exit: bool = True, run_checks: bool = True,
                     overrides: dict[str, Any] | None = None,
-                    jit_cache: dict[Any, Any] | None = None
-                    ) -> RobustAccuracyReport:
+                    jit_cache: dict[Any, Any] | None = None,
+                    example_offset: int = 0) -> RobustAccuracyReport:
   """Robust accuracy under a cascade of attacks, with exact counts.
 
   Args:
@@ -437,6 +439,10 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     jit_cache: a dict owned by the caller: the jitted attacks are kept there
       (keyed by logits_fn and the attack's configuration), so later calls
       with the same dict and logits_fn reuse their compilations.
+    example_offset: global index of ``x[0]`` when ``x`` is a contiguous share
+      of a larger set (one process's share): example i's attack keys are
+      those of example ``example_offset + i`` of the whole set, so the shares'
+      counts add up to the whole set's.
 
   Returns:
     A :class:`RobustAccuracyReport`.
@@ -451,6 +457,10 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   if norm is not None:
     threat_model.check_norm(norm)
   threat_model.check_positive_int(batch_size, "batch_size")
+  if isinstance(example_offset, bool) or not isinstance(
+      example_offset, (int, np.integer)) or example_offset < 0:
+    raise ValueError(f"example_offset must be an integer >= 0, got "
+                     f"example_offset={example_offset!r}")
   all_overrides = dict(overrides or {})
   all_overrides.update({"eps": eps, "norm": norm})
   resolved = _resolve_attacks(attacks, all_overrides)
@@ -519,7 +529,7 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     start_time = time.perf_counter()
     name = stage.name
     todo = np.nonzero(robust if (early_exit and not run_all) else correct)[0]
-    keys = _example_keys(key, name, num)
+    keys = _example_keys(key, name, num, int(example_offset))
     runs = stage.num_runs(num_classes)
     fooled = np.zeros(todo.size, bool)
     x_att = x_np[todo].copy()

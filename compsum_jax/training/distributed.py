@@ -293,8 +293,34 @@ class _Watchdog:
     self._beat()
     self._thread.start()
 
-  def stop(self) -> None:
+  def stop(self, join_timeout_s: float | None = None) -> None:
+    """Stops watching; with ``join_timeout_s`` also waits for the thread."""
     self._stop.set()
+    if join_timeout_s is not None and self._thread.is_alive():
+      self._thread.join(join_timeout_s)
+
+  def finish(self, max_wait_s: float = 600.0) -> None:
+    """At exit: marks this process done, waits (still watching) until every
+    other process is done or failed, then stops and joins the thread.
+
+    While it waits, a lost peer is reported and ends this process as during
+    the run (e.g. after a collective failed because a peer was killed). The
+    thread is joined before JAX's own shutdown (atexit hooks run last-in,
+    first-out): a daemon thread still inside a runtime call when the
+    interpreter finalises is unwound through C++ frames and aborts the
+    process ("FATAL: exception not rethrown", status 134).
+    """
+    self.mark("done", "exited")
+    deadline = time.monotonic() + max_wait_s
+    while time.monotonic() < deadline and self._thread.is_alive():
+      try:
+        ended = set(self._values("done")) | set(self._values("failed"))
+      except Exception:  # pylint: disable=broad-except
+        break  # the coordinator has shut down: every process got this far
+      if all(p in ended for p in self._seen):
+        break
+      time.sleep(self.heartbeat_period_s / 2)
+    self.stop(join_timeout_s=self.heartbeat_period_s + 10.0)
 
   def _key(self, kind: str, process: int) -> str:
     return f"{_KEY_PREFIX}/{kind}/{process}"
@@ -385,10 +411,9 @@ def start_watchdog(*, failure_timeout_s: float = 30.0,
 
   sys.excepthook = report_failure
   # Runs before JAX's own shutdown (atexit is last-in, first-out): a process
-  # that ends is "done" and never reported lost; the watchdog keeps watching
-  # the others while JAX's shutdown barrier waits for them.
-  atexit.register(lambda: _WATCHDOG.mark("done", "exited") if _WATCHDOG
-                  else None)
+  # that ends is "done" and never reported lost; it keeps watching the others
+  # until they have ended too (Watchdog.finish).
+  atexit.register(lambda: _WATCHDOG.finish() if _WATCHDOG else None)
 
 
 def setup() -> DistributedSetup:

@@ -63,6 +63,16 @@ def _store(workdir: str) -> CheckpointStore:
                          async_save=False)
 
 
+def _latest_metadata(workdir: str) -> tuple[int | None, dict[str, Any]]:
+  """(latest checkpoint step or None, its metadata or {})."""
+  store = _store(workdir)
+  try:
+    latest = store.latest_step()
+    return latest, (store.metadata(latest) if latest is not None else {})
+  finally:
+    store.close()
+
+
 def final_evaluation(workdir: str | os.PathLike) -> tuple[int, dict[str, Any]]:
   """(step, metrics) committed with the final checkpoint of ``workdir``.
 
@@ -70,12 +80,7 @@ def final_evaluation(workdir: str | os.PathLike) -> tuple[int, dict[str, Any]]:
     RunNotFinishedError: no checkpoint, or the latest one is not final.
   """
   workdir = os.path.abspath(os.fspath(workdir))
-  store = _store(workdir)
-  try:
-    latest = store.latest_step()
-    meta = store.metadata(latest) if latest is not None else {}
-  finally:
-    store.close()
+  latest, meta = _latest_metadata(workdir)
   if latest is None or not meta.get("final"):
     where = (f"its latest checkpoint is step {latest}, epoch "
              f"{meta.get('epoch')}" if latest is not None
@@ -113,12 +118,7 @@ def check_history(workdir: str | os.PathLike) -> HistoryCheck:
   if log.torn_last_line:
     problems.append(f"{log.path} ends in a partial line (writer killed "
                     "mid-write); its last record is lost")
-  store = _store(workdir)
-  try:
-    latest = store.latest_step()
-    meta = store.metadata(latest) if latest is not None else {}
-  finally:
-    store.close()
+  latest, meta = _latest_metadata(workdir)
   finished = bool(meta.get("final"))
   final = dict(meta["metrics"]) if finished and meta.get("metrics") else None
   if not finished:

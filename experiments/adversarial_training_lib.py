@@ -296,6 +296,8 @@ class Experiment:
     optimizer, schedule: from ``config.optimizer`` and ``total_steps``.
     augment_fn: the on-device augmentation hook, or None.
     steps: compiled train and eval steps, keyed by what changes the program.
+    attack_jit_cache: the test cascade's compiled attacks, shared by every
+      run (``attacks.robust_accuracy``'s ``jit_cache``).
   """
 
   config: Any
@@ -308,6 +310,7 @@ class Experiment:
   schedule: optax.Schedule
   augment_fn: Callable[..., Any] | None
   steps: common.StepCache
+  attack_jit_cache: dict[Any, Any] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def create(cls, config: Any) -> Experiment:
@@ -655,7 +658,7 @@ def cascade_test(experiment: Experiment, state: training.TrainState,
       eps=float(config.eps), norm=config.norm,
       batch_size=int(config.eval_batch_size),
       overrides=_as_dict(config.cascade_overrides) or None,
-      example_offset=share.start)
+      jit_cache=experiment.attack_jit_cache, example_offset=share.start)
   counts = training.sum_over_processes({
       "num": cascade.num_examples, "clean": cascade.num_clean_correct,
       "robust": cascade.num_robust,

@@ -40,6 +40,17 @@ def _digits():
 @functools.cache
 def _trained_model(seed):
   """A small MLP trained for 300 Adam steps; returns a jitted logits_fn."""
+  params = _trained_params(seed)
+  return jax.jit(lambda x: _DigitsMLP().apply(params, x))
+
+
+def _apply_digits_mlp(params, x):
+  return _DigitsMLP().apply(params, x)
+
+
+@functools.cache
+def _trained_params(seed):
+  """Parameters of a small MLP trained for 300 Adam steps."""
   x_tr, y_tr, _, _ = _digits()
   net = _DigitsMLP()
   params = net.init(jax.random.key(seed), x_tr[:2])
@@ -59,7 +70,7 @@ def _trained_model(seed):
   for _ in range(300):
     idx = rng.integers(0, len(y_tr), 128)
     params, state = step(params, state, x_tr[idx], y_tr[idx])
-  return jax.jit(lambda x: net.apply(params, x))
+  return params
 
 
 def _test_points(num):
@@ -313,6 +324,33 @@ def test_early_exit_gives_the_exhaustive_robust_set_with_less_work():
   apgd_t = fast.stages[1]
   assert apgd_t.num_runs == 3
   assert apgd_t.num_point_runs < 3 * apgd_t.num_attacked
+
+
+def test_parametrised_logits_fn_gives_the_same_report_and_compiles_once():
+  """A jax.tree_util.Partial logits_fn (parameters as leaves) gives the
+  closure's robust set, and a second network of the same structure reuses
+  every compiled attack of the shared jit_cache."""
+  x, y = _test_points(40)
+  kw = dict(eps=EPS, batch_size=32, attacks="aa_standard",
+            overrides={"num_steps": 5, "num_target_classes": 2,
+                       "num_queries": 20})
+  cache = {}
+  sizes = []
+  for seed in (0, 1):
+    closure = _trained_model(seed)
+    partial = jax.tree_util.Partial(_apply_digits_mlp, _trained_params(seed))
+    a = attacks.robust_accuracy(closure, x, y, jax.random.key(3), **kw)
+    b = attacks.robust_accuracy(partial, x, y, jax.random.key(3),
+                                jit_cache=cache, **kw)
+    np.testing.assert_array_equal(a.robust, b.robust)
+    np.testing.assert_array_equal(a.broken_by, b.broken_by)
+    assert a.sanity.num_zero_gradient == b.sanity.num_zero_gradient
+    assert 0 < b.num_robust < b.num_clean_correct
+    sizes.append(len(cache))
+  assert sizes[0] == sizes[1] > 0
+  # One trace (compilation) per shape of each cached program, not per network.
+  for fn in cache.values():
+    assert fn._cache_size() <= 2  # a full batch and one padded bucket
 
 
 def test_report_states_each_attack_configuration():

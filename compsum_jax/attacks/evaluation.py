@@ -20,6 +20,14 @@ example i gets the key fold_in(fold_in(key, crc32(name)), i). So a point's
 outcome does not depend on which other points share its batch, and the
 cascade agrees point by point with running each attack alone.
 
+A ``logits_fn`` given as a ``jax.tree_util.Partial`` (a function and its
+parameters as pytree leaves, e.g. ``training.adversarial.inference_logits_fn``)
+is passed to the compiled attacks as an argument: the parameters are inputs of
+the programs, not constants folded into them, so with a shared ``jit_cache``
+the cascade compiles once for every network of the same structure (one
+compilation for all the runs of an experiment). A plain callable is closed
+over (one compilation per callable).
+
 Every returned adversarial point is checked to lie in the ε-ball and in
 [0, 1]; a point that does not is not counted as broken, and a warning says so.
 
@@ -255,6 +263,33 @@ def _batched(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray],
   return np.concatenate(outs, axis=0)
 
 
+def _is_parametrised(logits_fn: Any) -> bool:
+  """Whether ``logits_fn`` carries its parameters as pytree leaves."""
+  return isinstance(logits_fn, jax.tree_util.Partial)
+
+
+@jax.jit
+def _parametrised_logits(logits_fn: jax.tree_util.Partial, x: jax.Array
+                         ) -> jax.Array:
+  return logits_fn(x)
+
+
+def _input_gradient_l1(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
+                       objective_name: str) -> jax.Array:
+  """‖∇_x objective‖₁ per example (DLR, or cross-entropy for 2 classes)."""
+  def total(xa):
+    z = logits_fn(xa)
+    if objective_name == "dlr":
+      return jnp.sum(objectives.dlr(z, labels))
+    return jnp.sum(losses.comp_sum_loss(z, labels, 1.0))
+  g = jax.grad(total)(x)
+  return jnp.sum(jnp.abs(g.reshape(g.shape[0], -1)), axis=-1)
+
+
+_parametrised_gradient_l1 = jax.jit(_input_gradient_l1,
+                                    static_argnames="objective_name")
+
+
 def sanity_checks(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *,
                   batch_size: int = 256,
                   num_passes: int = DETERMINISM_PASSES,
@@ -280,11 +315,14 @@ def sanity_checks(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *,
   if not num:
     raise ValueError("sanity_checks needs at least one point, got x of shape "
                      f"{x_np.shape}")
+  parametrised = _is_parametrised(logits_fn)
+  forward = ((lambda xb: _parametrised_logits(logits_fn, xb)) if parametrised
+             else logits_fn)
   first = jnp.asarray(x_np[:min(batch_size, num)])
-  z1 = np.asarray(logits_fn(first), np.float64)
+  z1 = np.asarray(forward(first), np.float64)
   diff = 0.0
   for _ in range(num_passes - 1):
-    zk = np.asarray(logits_fn(first), np.float64)
+    zk = np.asarray(forward(first), np.float64)
     if z1.size:
       diff = max(diff, float(np.max(np.abs(zk - z1))))
   scale = 1.0 + (float(np.max(np.abs(z1))) if z1.size else 0.0)
@@ -294,18 +332,17 @@ def sanity_checks(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *,
   num_classes = z1.shape[-1]
   objective_name = "dlr" if num_classes >= 3 else "ce"
 
-  def gradient_l1(xb, yb):
-    def total(xa):
-      z = logits_fn(xa)
-      if objective_name == "dlr":
-        return jnp.sum(objectives.dlr(z, yb))
-      return jnp.sum(losses.comp_sum_loss(z, yb, 1.0))
-    g = jax.grad(total)(xb)
-    return jnp.sum(jnp.abs(g.reshape(g.shape[0], -1)), axis=-1)  # ‖∇‖₁
+  if parametrised:  # one compilation for every parameter value
+    def gradient_l1(xb, yb):
+      return _parametrised_gradient_l1(logits_fn, xb, yb,
+                                       objective_name=objective_name)
+  else:
+    gradient_l1 = jax.jit(lambda xb, yb: _input_gradient_l1(
+        logits_fn, xb, yb, objective_name))
 
   zero = 0
   if num:
-    l1 = _batched(jax.jit(gradient_l1), [x_np, y_np], batch_size)
+    l1 = _batched(gradient_l1, [x_np, y_np], batch_size)
     zero = int(np.sum(l1 < ZERO_GRADIENT_THRESHOLD))
   messages = []
   if not deterministic:
@@ -438,7 +475,9 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
       ``{'num_steps': 20}``).
     jit_cache: a dict owned by the caller: the jitted attacks are kept there
       (keyed by logits_fn and the attack's configuration), so later calls
-      with the same dict and logits_fn reuse their compilations.
+      with the same dict and logits_fn reuse their compilations; with a
+      ``jax.tree_util.Partial`` logits_fn the key is its function and tree
+      structure, so other parameter values reuse them too (module doc).
     example_offset: global index of ``x[0]`` when ``x`` is a contiguous share
       of a larger set (one process's share): example i's attack keys are
       those of example ``example_offset + i`` of the whole set, so the shares'
@@ -482,13 +521,23 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   num = x_np.shape[0]
   cache = {} if jit_cache is None else jit_cache
 
-  def cached_jit(key_parts: tuple[Any, ...], make: Callable[[], Callable]):
+  def cached_jit(key_parts: tuple[Any, ...],
+                 make: Callable[[LogitsFn], Callable]) -> Callable:
+    """``make(logits_fn)`` jitted, from ``cache`` when compiled before."""
+    if _is_parametrised(logits_fn):
+      # Keyed by the function and the parameters' tree structure (shapes and
+      # dtypes are jit's own cache key): the parameters are an argument.
+      full_key = (jax.tree_util.tree_structure(logits_fn),) + key_parts
+      if full_key not in cache:
+        cache[full_key] = jax.jit(lambda lf, *arrays: make(lf)(*arrays))
+      compiled = cache[full_key]
+      return lambda *arrays: compiled(logits_fn, *arrays)
     full_key = (logits_fn,) + key_parts
     if full_key not in cache:
-      cache[full_key] = jax.jit(make())
+      cache[full_key] = jax.jit(make(logits_fn))
     return cache[full_key]
 
-  logits_jit = cached_jit(("logits",), lambda: logits_fn)
+  logits_jit = cached_jit(("logits",), lambda lf: lf)
   clean_logits = _batched(logits_jit, [x_np], batch_size)
   threat_model.check_logits_fn_output(jnp.asarray(clean_logits[:1]),
                                       jnp.asarray(y_np[:1]))
@@ -500,7 +549,9 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   if run_checks:
     # On the evaluated (clean-correct) points; on all if there are none.
     checked = correct if correct.any() else np.ones(num, bool)
-    sanity = sanity_checks(logits_jit, x_np[checked], y_np[checked],
+    sanity = sanity_checks(
+        logits_fn if _is_parametrised(logits_fn) else logits_jit,
+        x_np[checked], y_np[checked],
                            batch_size=batch_size)
     messages += sanity.messages
 
@@ -539,8 +590,8 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
       # Run j only on the points that runs 0..j−1 left robust.
       run_jit = cached_jit(
           ("run", stage.name) + stage.cache_key,
-          lambda a=stage.attack: lambda xb, yb, kb, jb: a.run(
-              logits_fn, xb, yb, jax.random.wrap_key_data(kb), jb[0]))
+          lambda lf, a=stage.attack: lambda xb, yb, kb, jb: a.run(
+              lf, xb, yb, jax.random.wrap_key_data(kb), jb[0]))
       for j in range(runs):
         left = np.nonzero(~fooled)[0]
         if not left.size:
@@ -554,8 +605,8 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
       point_runs = todo.size * runs
       jitted = cached_jit(
           ("full", stage.name) + stage.cache_key,
-          lambda f=stage.attack: lambda xb, yb, kb: f(
-              logits_fn, xb, yb, jax.random.wrap_key_data(kb)))
+          lambda lf, f=stage.attack: lambda xb, yb, kb: f(
+              lf, xb, yb, jax.random.wrap_key_data(kb)))
       x_att, fooled, inside = attack_points(jitted, todo, keys)
       outside = int(np.sum(~inside))
     if outside:

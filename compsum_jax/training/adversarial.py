@@ -232,22 +232,33 @@ def get_method(method: str | Method) -> Method:
 # --- the parts ----------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class _InferenceApply:
+  """(params, batch_stats, x) → logits of ``model`` in evaluation mode; equal
+  (and hashing alike) for equal models, so compiled attacks are shared."""
+
+  model: nn.Module
+
+  def __call__(self, params: PyTree, batch_stats: PyTree,
+               x: jax.Array) -> jax.Array:
+    params = jax.lax.stop_gradient(params)
+    batch_stats = jax.lax.stop_gradient(batch_stats)
+    logits, _ = apply_model(self.model, params, batch_stats, x, train=False)
+    return logits
+
+
 def inference_logits_fn(model: nn.Module, params: PyTree,
                         batch_stats: PyTree) -> LogitsFn:
   """x [B, ...] → logits [B, n] in evaluation mode, parameters held constant.
 
   Batch norm uses the running statistics (examples are independent and the
   statistics are not updated); ``stop_gradient`` keeps the attack's
-  computation out of the parameter gradient.
+  computation out of the parameter gradient. Returned as a
+  ``jax.tree_util.Partial`` whose leaves are the parameters: compiled
+  attacks take them as an argument (``attacks.robust_accuracy`` compiles
+  once for every parameter value of the same model).
   """
-  params = jax.lax.stop_gradient(params)
-  batch_stats = jax.lax.stop_gradient(batch_stats)
-
-  def logits_fn(x: jax.Array) -> jax.Array:
-    logits, _ = apply_model(model, params, batch_stats, x, train=False)
-    return logits
-
-  return logits_fn
+  return jax.tree_util.Partial(_InferenceApply(model), params, batch_stats)
 
 
 def make_train_attack(method: str | Method,

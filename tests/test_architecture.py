@@ -73,6 +73,7 @@ EXPERIMENT_CLIENTS = {
     "benchmarks/loss_comparison.py",
     "benchmarks/plan_calibration.py",
     "benchmarks/smooth_weight_threshold.py",
+    "tests/distributed_tfds_script.py",
     "tests/experiments_mesh_script.py",
     "tests/test_adversarial_experiment.py",
     "tests/test_adversarial_nu_threshold.py",

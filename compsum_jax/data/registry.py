@@ -162,11 +162,11 @@ def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0,
       reads only its rows of every batch); validation and test are read
       whole. The examples, labels (noise applied record by record) and
       channel statistics equal those of the whole-split load.
-    process_share: (p, P) with ``train_on_demand``: this process computes
-      the exact integer channel sums of its contiguous share
-      [⌊p·N/P⌋, ⌊(p+1)·N/P⌋) of the training examples ...
-    sum_over_processes: ... and this function adds them over the processes
-      (e.g. ``compsum_jax.training.sum_over_processes``; None: P = 1).
+    process_share: (p, P) with ``train_on_demand``: this process reads its
+      contiguous share [⌊p·N/P⌋, ⌊(p+1)·N/P⌋) of the N training examples
+      once, for the exact integer channel sums of the statistics.
+    sum_over_processes: adds those sums over the processes (e.g.
+      ``compsum_jax.training.sum_over_processes``); None with P = 1.
     **kwargs: dataset options: ``digits``: ``test_size`` (default 360);
       ``synthetic``: ``num_classes``, ``dim``, ``separation``, ``sigma``,
       ``priors``, ``num_train``, ``num_test``, ``mixture_seed`` (see
@@ -246,6 +246,10 @@ def _load_train_on_demand(name: str, data_dir: str | None, seed: int,
                           ) -> Dataset:
   """load_dataset with the training split read on demand (same examples)."""
   p, count = _check_process_share(process_share)
+  if count > 1 and sum_over_processes is None:
+    raise ValueError(f"process_share={process_share!r} covers only a share "
+                     f"of the training examples: pass sum_over_processes to "
+                     f"add the channel sums of all shares")
   spec = tfds_source.TFDS_SPECS[name]
   records = tfds_source.open_tfds_split(name, "train", data_dir)
   test_records = tfds_source.open_tfds_split(name, "test", data_dir)

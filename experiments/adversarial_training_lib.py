@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
+import numpy as np
 import optax
 
 from compsum_jax import attacks, data, training
@@ -574,8 +575,12 @@ def nu_threshold_metrics(experiment: Experiment, run: PlannedRun,
   (else {}). The sup of the smooth term is PGD's with the training attack's
   ε, norm and step size, ``config.nu_threshold.num_steps`` steps (None: the
   training attack's, at least :data:`NU_THRESHOLD_MIN_STEPS`), one restart,
-  on the first ``num_examples`` validation examples (None: all). Warns
-  (:class:`NuAboveThresholdWarning`) when the run's ν ≥ ν*(h).
+  on the first ``num_examples`` validation examples (None: all), example i
+  with its own key (``example_offset``). With several processes each
+  estimates its share ``process_slice(N)`` and the sums of z_y − mean z and
+  of sup ‖v‖ and the count are added over processes (exact counts, not means
+  of means). Warns (:class:`NuAboveThresholdWarning`) when the run's
+  ν ≥ ν*(h).
 
   Returns:
     {'nu_threshold': ν*(h), 'mean_label_gap': E[z_y − mean z],
@@ -592,28 +597,47 @@ def nu_threshold_metrics(experiment: Experiment, run: PlannedRun,
   num_steps = settings["num_steps"] or max(int(attack["num_steps"]),
                                            NU_THRESHOLD_MIN_STEPS)
   split = experiment.dataset.validation
-  limit = settings["num_examples"] or split.num_examples
+  limit = min(settings["num_examples"] or split.num_examples,
+              split.num_examples)
   # Process-local copies of the (replicated) parameters, as for the cascade.
   params = training.fetch(state.ema_params if experiment.use_ema
                           else state.params)
-  diagnostic = smooth_weight.smooth_term_weight_threshold(
-      _eval_apply_fn(experiment),
-      data.to_float_images(split.images[:limit]), split.labels[:limit],
-      jax.random.fold_in(jax.random.key(run.seed + 5), epochs_done),
-      tau=hparams["tau"], eps=float(attack["eps"]),
-      norm=attack.get("norm", "linf"), step_size=float(attack["step_size"]),
-      num_steps=int(num_steps), num_restarts=1,
-      batch_size=int(config.eval_batch_size),
-      variables=(params, training.fetch(state.batch_stats)))
-  if hparams["nu"] >= diagnostic.nu_threshold:
+  batch_stats = training.fetch(state.batch_stats)
+  # Each process estimates its contiguous share of the examples; example i
+  # keeps its global index, hence its PGD key, and the sums and the count are
+  # added over processes: E[·] = Σ_p Σ_{i ∈ share p} (·)_i / N.
+  share = training.distributed.process_slice(limit)
+  sums = {"label_gap": 0.0, "sup_smooth_term": 0.0,
+          "count": share.stop - share.start}
+  if sums["count"]:
+    logits, sup_term = smooth_weight.sup_smooth_term(
+        _eval_apply_fn(experiment),
+        data.to_float_images(split.images[share]), split.labels[share],
+        jax.random.fold_in(jax.random.key(run.seed + 5), epochs_done),
+        eps=float(attack["eps"]), norm=attack.get("norm", "linf"),
+        step_size=float(attack["step_size"]), num_steps=int(num_steps),
+        num_restarts=1, batch_size=int(config.eval_batch_size),
+        variables=(params, batch_stats), example_offset=share.start)
+    labels = np.asarray(split.labels[share])
+    # z_y − mean z per example, float64
+    gap = (np.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+           - logits.mean(axis=-1))
+    sums.update(label_gap=gap.sum(), sup_smooth_term=sup_term.sum())
+  totals = training.sum_over_processes(sums)
+  count = int(totals["count"])
+  mean_label_gap = float(totals["label_gap"]) / count
+  mean_sup_smooth_term = float(totals["sup_smooth_term"]) / count
+  nu_threshold = smooth_weight.nu_threshold_value(
+      int(experiment.dataset.num_classes), hparams["tau"], mean_label_gap,
+      mean_sup_smooth_term)
+  if hparams["nu"] >= nu_threshold:
     warnings.warn(
         f"{run_name(*run)}, epoch {epochs_done}: configured nu="
-        f"{hparams['nu']:g} exceeds nu*(h)={diagnostic.nu_threshold:.4g} "
+        f"{hparams['nu']:g} exceeds nu*(h)={nu_threshold:.4g} "
         f"(tau={hparams['tau']:g}): heading for the constant classifier",
         NuAboveThresholdWarning, stacklevel=2)
-  return {"nu_threshold": diagnostic.nu_threshold,
-          "mean_label_gap": diagnostic.mean_label_gap,
-          "mean_sup_smooth_term": diagnostic.mean_sup_smooth_term}
+  return {"nu_threshold": nu_threshold, "mean_label_gap": mean_label_gap,
+          "mean_sup_smooth_term": mean_sup_smooth_term}
 
 
 def nu_threshold_record(config: Any, run: PlannedRun, workdir: str

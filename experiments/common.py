@@ -193,6 +193,13 @@ def check_optimizer_config(config: Any) -> None:
 def load_data(config: Any) -> data_lib.Dataset:
   """Loads the dataset of ``config`` (noise on training labels only).
 
+  With several processes and a tfds dataset the training split is read on
+  demand: each process decodes only the records of its rows of every batch
+  (``compsum_jax.data.load_dataset(train_on_demand=True)``), and the channel
+  statistics are exact integer sums over the processes' shares. The
+  validation and test splits are read whole in every process (they are
+  evaluated whole or split into shares after loading).
+
   Returns:
     A :class:`compsum_jax.data.Dataset`; the test split has clean labels.
   """
@@ -201,8 +208,13 @@ def load_data(config: Any) -> data_lib.Dataset:
             for k, v in kwargs.items()}
   noise = config_value(config, "label_noise")
   noise = noise.to_dict() if hasattr(noise, "to_dict") else dict(noise)
+  name = dataset_name(config)
+  if jax.process_count() > 1 and name in data_lib.TFDS_DATASETS:
+    kwargs.update(train_on_demand=True,
+                  process_share=(jax.process_index(), jax.process_count()),
+                  sum_over_processes=training.sum_over_processes)
   return data_lib.load_dataset(
-      dataset_name(config), data_dir=config_value(config, "data_dir"),
+      name, data_dir=config_value(config, "data_dir"),
       seed=int(config_value(config, "data_seed")),
       validation_size=int(config_value(config, "validation_size")),
       label_noise=noise, **kwargs)

@@ -84,7 +84,7 @@ def test_nu_threshold_is_logged_warns_and_changes_no_training_number(
       step_size=config.train_attack.step_size,
       num_steps=config.nu_threshold.num_steps,
       batch_size=config.eval_batch_size,
-      variables=(state.ema_params, state.batch_stats))
+      variables=(state.ema_params, state.batch_stats), example_offset=0)
   assert direct.nu_threshold == on["val"]["nu_threshold"]
 
   # ν far above ν*(h) warns; ν = 0 below a positive ν*(h) does not.

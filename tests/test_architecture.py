@@ -70,9 +70,11 @@ def test_configs_hold_primitives_only():
 # benchmarks that run an experiment or reopen its workdir) and so may import
 # `experiments`; everything else uses the library.
 EXPERIMENT_CLIENTS = {
+    "benchmarks/distributed.py",
     "benchmarks/loss_comparison.py",
     "benchmarks/plan_calibration.py",
     "benchmarks/smooth_weight_threshold.py",
+    "tests/distributed_tfds_script.py",
     "tests/experiments_mesh_script.py",
     "tests/test_adversarial_experiment.py",
     "tests/test_adversarial_nu_threshold.py",

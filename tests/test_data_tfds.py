@@ -22,7 +22,7 @@ from PIL import Image
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from compsum_jax import data  # noqa: E402
-from compsum_jax.data import tfds_source  # noqa: E402
+from compsum_jax.data import registry, tfds_source  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -223,3 +223,79 @@ def test_record_split_reads_only_the_requested_rows(tmp_path):
   assert "tensorflow" not in sys.modules
   with pytest.raises(ValueError, match="split='validation'"):
     tfds_source.open_tfds_split("mnist", "validation", str(tmp_path))
+
+
+def test_train_on_demand_equals_the_whole_split_load(tmp_path):
+  # The training split of a multi-process run: the same examples, noisy
+  # labels, validation hold-out and channel statistics as the whole load,
+  # read record by record; two process shares of the statistics add up.
+  spec = tfds_source.TFDS_SPECS["mnist"]
+  rng = np.random.default_rng(4)
+  images = rng.integers(0, 256, (40,) + spec.image_shape, np.uint8)
+  labels = rng.integers(0, spec.num_classes, 40)
+  _write_prepared_dataset(str(tmp_path), "mnist",
+                          {"train": (images, labels),
+                           "test": (images[:7], labels[:7])})
+  options = dict(data_dir=str(tmp_path), seed=3, validation_size=9,
+                 label_noise=("symmetric", 0.4))
+  whole = data.load_dataset("mnist", **options)
+  partial_sums = []
+
+  def keep_and_add(sums):  # stands in for sum_over_processes
+    partial_sums.append(sums)
+    return sums
+
+  for p in range(2):
+    data.load_dataset("mnist", train_on_demand=True, process_share=(p, 2),
+                      sum_over_processes=keep_and_add, **options)
+  lazy = data.load_dataset("mnist", train_on_demand=True, **options)
+  assert isinstance(lazy.train, tfds_source.RecordSubset)
+  assert lazy.train.num_examples == whole.train.num_examples == 31
+  # statistics of a one-process on-demand load: the whole load's (float64
+  # reference from the uint8 values)
+  x = whole.train.images.reshape(-1, 1).astype(np.float64) / 255.0
+  np.testing.assert_allclose(whole.meta["mean"], x.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(whole.meta["std"], x.std(0), rtol=1e-12)
+  assert lazy.meta["mean"] == whole.meta["mean"]
+  assert lazy.meta["std"] == whole.meta["std"]
+  # the two shares' integer sums add up to the whole's statistics
+  total = {k: partial_sums[0][k] + partial_sums[1][k]
+           for k in partial_sums[0]}
+  assert int(total["count"]) == 31 * 28 * 28
+  assert registry.channel_stats_from_sums(total) == (
+      tuple(whole.meta["mean"]), tuple(whole.meta["std"]))
+  # one share alone is not the whole
+  assert registry.channel_stats_from_sums(partial_sums[0])[0] != tuple(
+      whole.meta["mean"])
+  assert int(partial_sums[0]["count"]) == 15 * 28 * 28  # ⌊31/2⌋ examples
+  with pytest.raises(ValueError, match="sum_over_processes"):
+    data.load_dataset("mnist", train_on_demand=True, process_share=(0, 2),
+                      **options)
+  assert lazy.train.records_read == 31  # the statistics pass
+  got_images, got_labels = lazy.train.take(np.arange(31))
+  np.testing.assert_array_equal(got_images, whole.train.images)
+  np.testing.assert_array_equal(got_labels, whole.train.labels)
+  np.testing.assert_array_equal(lazy.train.flipped, whole.train.flipped)
+  assert whole.train.flipped.sum() == round(0.4 * 31)
+  for split in ("validation", "test"):
+    np.testing.assert_array_equal(getattr(lazy, split).images,
+                                  getattr(whole, split).images)
+    np.testing.assert_array_equal(getattr(lazy, split).labels,
+                                  getattr(whole, split).labels)
+  # batches of rows read only those records
+  before = lazy.train.records_read
+  rows = np.array([0, 2])
+  got = list(data.train_batches(lazy.train, 4, seed=1, epoch=0, rows=rows))
+  want = list(data.train_batches(whole.train, 4, seed=1, epoch=0))
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_array_equal(g["label"], w["label"][rows])
+    np.testing.assert_array_equal(g["image"], w["image"][rows])
+  assert lazy.train.records_read - before == len(got) * len(rows)
+  with pytest.raises(AttributeError, match="take"):
+    lazy.train.images  # noqa: B018
+  with pytest.raises(ValueError, match=r"process_share=\(2, 2\)"):
+    data.load_dataset("mnist", train_on_demand=True, process_share=(2, 2),
+                      **options)
+  with pytest.raises(ValueError, match="name='digits'"):
+    data.load_dataset("digits", train_on_demand=True)
+  assert "tensorflow" not in sys.modules

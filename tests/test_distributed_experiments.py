@@ -182,6 +182,20 @@ def test_adversarial_two_processes_reproduce_two_devices(adversarial_runs):
                 for s in r_two["cascade_stages"]]
     assert r_one["num_broken_only_by_gradient_free"] == (
         r_two["num_broken_only_by_gradient_free"])
+    # ν*(h): each process estimates its share of the validation examples and
+    # the sums and counts are added (the ADV-COMP-SUM runs log it)
+    assert ("nu_threshold_history" in r_one) == (
+        "nu_threshold_history" in r_two)
+    history_one = r_one.get("nu_threshold_history", [])
+    history_two = r_two.get("nu_threshold_history", [])
+    assert [h["step"] for h in history_one] == [h["step"]
+                                                for h in history_two]
+    for h_one, h_two in zip(history_one, history_two, strict=True):
+      for field in ("nu_threshold", "mean_label_gap", "mean_sup_smooth_term"):
+        assert _relative_difference(h_one[field], h_two[field]) <= 1e-5, (
+            r_one["method"], h_one["step"], field, h_one[field], h_two[field])
+  assert any("nu_threshold_history" in r and r["nu_threshold_history"]
+             for r in one["runs"])
   assert os.path.exists(os.path.join(adversarial_runs[1], "results.md"))
 
 

@@ -174,8 +174,8 @@ def test_threshold_limits_without_smooth_term():
       num_classes=3, tau=1.0, logits=logits, labels=labels,
       sup_smooth_term=np.zeros(1))
   assert result.nu_constant_wins_on_grid([0.0, 1.0]) == math.inf
-  assert smooth_weight._threshold_value(3, 1.0, 4 / 3, 0.0) == math.inf
-  assert smooth_weight._threshold_value(3, 1.0, 0.0, 0.0) == 0.0
+  assert smooth_weight.nu_threshold_value(3, 1.0, 4 / 3, 0.0) == math.inf
+  assert smooth_weight.nu_threshold_value(3, 1.0, 0.0, 0.0) == 0.0
 
 
 def test_bad_input_raises_clear_errors():
@@ -230,3 +230,54 @@ def test_variables_form_reuses_the_compiled_program_and_is_exact():
         result.nu_threshold, _closed_form_gap(w, b, x, y) / sup_v.mean(),
         rtol=1e-4)
   assert cache.cache_info().hits == hits + 1  # the second call reused it
+
+
+def test_example_offset_gives_each_example_its_own_key():
+  # ℓ2 ball, one PGD step from a random start: the estimate depends on the
+  # start, so on the key of each example.
+  w, b, x, y = _linear_problem(4, rank_one=False, seed=3)
+  fn, key = _logits_fn(w, b), jax.random.key(7)
+  x = np.float32(x)
+  settings = dict(eps=EPS, norm="l2", step_size=EPS / 8, num_steps=1)
+  _, whole = smooth_weight.sup_smooth_term(fn, x, y, key, batch_size=24,
+                                           example_offset=0, **settings)
+  # two contiguous shares with their global offsets and other chunkings
+  _, first = smooth_weight.sup_smooth_term(fn, x[:10], y[:10], key,
+                                           batch_size=4, example_offset=0,
+                                           **settings)
+  _, second = smooth_weight.sup_smooth_term(fn, x[10:], y[10:], key,
+                                            batch_size=5, example_offset=10,
+                                            **settings)
+  # float32 rounding of other batch shapes only (‖v‖ of small differences)
+  np.testing.assert_allclose(np.concatenate([first, second]), whole,
+                             rtol=5e-5)
+  # the offset matters: shifted keys give other random starts
+  _, shifted = smooth_weight.sup_smooth_term(fn, x, y, key, batch_size=24,
+                                             example_offset=1, **settings)
+  assert np.max(np.abs(shifted - whole) / whole) > 1e-2
+  # the sums and counts of the shares give the whole set's ν*
+  result = smooth_weight.smooth_term_weight_threshold(
+      fn, x, y, key, tau=0.5, batch_size=24, example_offset=0, **settings)
+  z = np.float64(x) @ np.float32(w).T.astype(np.float64) + np.float32(b)
+  gap = z[np.arange(len(y)), y] - z.mean(axis=-1)
+  combined = smooth_weight.nu_threshold_value(
+      4, 0.5, gap.sum() / len(y), (first.sum() + second.sum()) / len(y))
+  assert combined == pytest.approx(result.nu_threshold, rel=5e-5)
+  with pytest.raises(ValueError, match="example_offset=-1"):
+    smooth_weight.sup_smooth_term(fn, x, y, key, example_offset=-1,
+                                  **settings)
+
+
+def test_nu_threshold_value_closed_form_and_bad_values():
+  # ν* = n^{1−τ}·gap/sup
+  assert smooth_weight.nu_threshold_value(10, 0.5, 2.0, 4.0) == pytest.approx(
+      math.sqrt(10) * 2.0 / 4.0, rel=1e-15)
+  assert smooth_weight.nu_threshold_value(10, 2.0, -1.0, 0.5) == pytest.approx(
+      -0.2, rel=1e-15)
+  assert math.isnan(smooth_weight.nu_threshold_value(3, 1.0, math.nan, 0.0))
+  with pytest.raises(ValueError, match="num_classes=1"):
+    smooth_weight.nu_threshold_value(1, 1.0, 1.0, 1.0)
+  with pytest.raises(ValueError, match="mean_sup_smooth_term=-0.5"):
+    smooth_weight.nu_threshold_value(3, 1.0, 1.0, -0.5)
+  with pytest.raises(ValueError, match="tau"):
+    smooth_weight.nu_threshold_value(3, -1.0, 1.0, 1.0)

@@ -311,7 +311,7 @@ def test_launcher_appends_each_process_flags():
   assert 0 < port < 65536
 
 
-def test_launcher_stops_all_when_one_fails(tmp_path):
+def test_launcher_stops_all_when_one_fails(tmp_path, capfd):
   # Process 1 fails at once; process 0 would sleep for a minute.
   script = ("import sys, time\n"
             "pid = int([a for a in sys.argv if a.startswith('--process_id')]"
@@ -320,10 +320,72 @@ def test_launcher_stops_all_when_one_fails(tmp_path):
             "sys.exit(3) if pid == 1 else time.sleep(60)\n")
   start = time.monotonic()
   code = launch_local.launch([sys.executable, "-c", script], num_processes=2,
-                             log_dir=str(tmp_path), grace_s=2.0)
+                             log_dir=str(tmp_path), grace_s=2.0, settle_s=1.0)
   assert code == 3
   assert time.monotonic() - start < 40
   assert "hello from 1" in (tmp_path / "process_1.log").read_text()
+  err = capfd.readouterr().err
+  assert ("[launch_local] process 1 ended first: exited with status 3"
+          in err), err
+  assert "coordinator" not in err
+  assert ("[launch_local] process 0: killed by SIGTERM (status -15), "
+          "stopped by the launcher") in err, err
+
+
+_COORDINATOR_DIES = (
+    "import os, signal, sys, time\n"
+    "from compsum_jax.training import distributed\n"
+    "flags = dict(a[2:].split('=', 1) for a in sys.argv[1:])\n"
+    "me = int(flags['process_id'])\n"
+    "distributed.initialize(coordinator_address=flags['coordinator_address'],"
+    " num_processes=int(flags['num_processes']), process_id=me,"
+    " failure_timeout_s=10.0)\n"
+    "print('joined', me, flush=True)\n"
+    "time.sleep(3)\n"
+    "if me == 0: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "time.sleep(120)\n")
+
+
+def test_launcher_names_the_coordinator_when_it_dies_first(tmp_path,
+                                                          monkeypatch,
+                                                          capfd):
+  # Process 0 (the coordinator) SIGKILLs itself once both have joined: JAX
+  # aborts process 1 at once; the launcher names process 0 as the first to
+  # end, with its status, and then says how process 1 ended.
+  for name, value in _env().items():
+    monkeypatch.setenv(name, value)
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  start = time.monotonic()
+  code = launch_local.launch([sys.executable, "-c", _COORDINATOR_DIES],
+                             num_processes=2, log_dir=str(tmp_path),
+                             grace_s=2.0, settle_s=20.0)
+  elapsed = time.monotonic() - start
+  err = capfd.readouterr().err
+  assert code == 128 + signal.SIGKILL, err
+  assert ("[launch_local] process 0 ended first: killed by SIGKILL (status "
+          "-9); process 0 is the coordinator") in err, err
+  # process 1 ended on its own (JAX's abort, or its watchdog's report of
+  # process 0 if that won the race), well before the settle time ran out
+  line = next(text for text in err.splitlines()
+              if text.startswith("[launch_local] process 1:"))
+  assert "on its own" in line, err
+  assert ("SIGABRT" in line or
+          f"status {distributed.LOST_PROCESS_EXIT_CODE}" in line), line
+  assert "stopping" not in err
+  assert "joined 1" in (tmp_path / "process_1.log").read_text()
+  assert elapsed < 120, elapsed
+
+
+def test_launcher_describes_exit_statuses():
+  assert launch_local.LOST_PROCESS_EXIT_CODE == (
+      distributed.LOST_PROCESS_EXIT_CODE)
+  assert launch_local.describe_status(-9) == "killed by SIGKILL (status -9)"
+  assert "SIGABRT (status -6)" in launch_local.describe_status(-6)
+  assert launch_local.describe_status(3) == "exited with status 3"
+  assert "lost process" in launch_local.describe_status(
+      distributed.LOST_PROCESS_EXIT_CODE)
+  assert "coordinator" in launch_local.first_failure_message(0, -9)
+  assert "coordinator" not in launch_local.first_failure_message(1, 3)
 
 
 def test_process_rows_partition_every_global_batch():

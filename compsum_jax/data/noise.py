@@ -44,20 +44,39 @@ def flip_labels(labels: np.ndarray, num_classes: int, noise: LabelNoise,
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
     raise ValueError(f"labels must lie in [0, {num_classes}), got range "
                      f"[{labels.min()}, {labels.max()}]")
-  n_examples = labels.shape[0]
-  k = num_flipped(noise.rate, n_examples)
-  chosen = rng.choice(n_examples, size=k, replace=False)
-  noisy = labels.astype(np.int32).copy()
+  shift, flipped = noise_shifts(labels.shape[0], num_classes, noise, rng)
+  # y' = (y + shift) mod n; shift = 0 where the label is kept
+  noisy = (labels.astype(np.int64) + shift) % num_classes
+  return noisy.astype(np.int32), flipped
+
+
+def noise_shifts(num_examples: int, num_classes: int, noise: LabelNoise,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """What :func:`flip_labels` does to each position, without the labels.
+
+  The chosen positions and their shifts depend only on N, n, the noise and
+  the generator, so a split read on demand applies them record by record:
+  y'_i = (y_i + shift_i) mod n.
+
+  Returns:
+    (shift int64 [N] in [0, n), 0 where the label is kept; flipped bool [N]).
+  """
+  if num_classes < 2:
+    raise ValueError(f"label noise needs num_classes >= 2, got "
+                     f"num_classes={num_classes}")
+  k = num_flipped(noise.rate, num_examples)
+  chosen = rng.choice(num_examples, size=k, replace=False)
   if noise.kind == "symmetric":
     # y' = (y + U) mod n, U ~ Uniform{1, …, n−1}: uniform over the other classes.
-    shift = rng.integers(1, num_classes, size=k)
+    chosen_shift = rng.integers(1, num_classes, size=k)
   else:
     # Pair-flip: y' = (y + 1) mod n.
-    shift = np.ones(k, dtype=np.int64)
-  noisy[chosen] = (noisy[chosen] + shift) % num_classes
-  flipped = np.zeros(n_examples, dtype=bool)
+    chosen_shift = np.ones(k, dtype=np.int64)
+  shift = np.zeros(num_examples, dtype=np.int64)
+  shift[chosen] = chosen_shift
+  flipped = np.zeros(num_examples, dtype=bool)
   flipped[chosen] = True
-  return noisy.astype(np.int32), flipped
+  return shift, flipped
 
 
 def apply_label_noise(split: ArraySplit, num_classes: int,

@@ -157,9 +157,11 @@ class TfdsRecordSplit:
   ``records_read`` counts the records decoded so far.
   """
 
-  def __init__(self, source, name: str, split: str, spec: TfdsSpec):
+  def __init__(self, source, name: str, split: str, spec: TfdsSpec,
+               data_dir: str | None = None, version: str | None = None):
     self._source = source
     self._name, self._split, self._spec = name, split, spec
+    self.data_dir, self.version = data_dir, version
     self.records_read = 0
 
   @property
@@ -195,6 +197,71 @@ class TfdsRecordSplit:
     return images, labels
 
 
+class RecordSubset:
+  """Records ``indices`` of a :class:`TfdsRecordSplit`, read on demand.
+
+  The training split of a multi-process run (the records left after the
+  validation hold-out, label noise applied record by record): the batch
+  helpers call :meth:`take`, so a process decodes only the records of its
+  rows of every batch. The arrays of the whole split (``images``,
+  ``labels``) are never materialised; asking for them raises.
+
+  Attributes:
+    indices: int64 [N], the record index of every example.
+    flipped: bool [N] (label noise) or None.
+    records_read: records decoded through this subset so far.
+  """
+
+  def __init__(self, records: TfdsRecordSplit, indices: np.ndarray,
+               num_classes: int, label_shift: np.ndarray | None = None,
+               flipped: np.ndarray | None = None):
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    if indices.size and (indices.min() < 0 or
+                         indices.max() >= records.num_examples):
+      raise ValueError(f"indices must lie in [0, {records.num_examples}), "
+                       f"got [{indices.min()}, {indices.max()}]")
+    for value, what in ((label_shift, "label_shift"), (flipped, "flipped")):
+      if value is not None and len(value) != len(indices):
+        raise ValueError(f"{what} has {len(value)} entries, expected "
+                         f"{len(indices)}")
+    self._records = records
+    self.indices = indices
+    self.num_classes = int(num_classes)
+    self._label_shift = label_shift
+    self.flipped = flipped
+    self.records_read = 0
+
+  @property
+  def num_examples(self) -> int:
+    """N, the number of examples."""
+    return int(len(self.indices))
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def __getattr__(self, name: str):
+    if name in ("images", "labels", "clean_labels"):
+      raise AttributeError(
+          f"a split read on demand has no whole-split '{name}' array; read "
+          f"examples with take(indices) (compsum_jax.data's batch helpers do)")
+    raise AttributeError(name)
+
+  def take(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images [k, ...], int32 labels [k]) of examples ``positions``."""
+    positions = np.asarray(positions, np.int64).reshape(-1)
+    n = self.num_examples
+    if positions.size and (positions.min() < 0 or positions.max() >= n):
+      raise ValueError(f"the split has {n} examples; got positions in "
+                       f"[{positions.min()}, {positions.max()}]")
+    images, labels = self._records.take(self.indices[positions])
+    self.records_read += len(positions)
+    if self._label_shift is not None:
+      # y' = (y + shift) mod n (label noise, compsum_jax.data.noise)
+      labels = ((labels.astype(np.int64) + self._label_shift[positions])
+                % self.num_classes)
+    return images, labels.astype(np.int32)
+
+
 def open_tfds_split(name: str, split: str, data_dir: str | None = None
                     ) -> TfdsRecordSplit:
   """Opens one split of a prepared tfds dataset for on-demand reading.
@@ -216,7 +283,8 @@ def open_tfds_split(name: str, split: str, data_dir: str | None = None
   version = find_prepared_version(name, data_dir)
   source = tfds.data_source(f"{name}:{version}", split=split,
                             data_dir=data_dir, download=False, try_gcs=False)
-  return TfdsRecordSplit(source, name, split, TFDS_SPECS[name])
+  return TfdsRecordSplit(source, name, split, TFDS_SPECS[name],
+                         data_dir=data_dir, version=version)
 
 
 @functools.lru_cache(maxsize=4)

@@ -29,10 +29,16 @@ hung, lost host) or reports an uncaught exception, the watchdog prints
 process with exit status :data:`LOST_PROCESS_EXIT_CODE`, so no process hangs in
 a collective waiting for a dead peer. A process that exits normally marks
 itself done and is never reported. If the coordinator (process 0) dies, the
-runtime itself terminates the others at once (XLA: "Terminating process
-because the JAX distributed service detected fatal errors", exit status 134);
-the watchdog reports process 0 lost when it wins that race. JAX's own
-heartbeat timeout is set above the watchdog's as a backstop.
+runtime itself terminates the others within a fraction of a second (XLA:
+"Terminating process because the JAX distributed service detected fatal
+errors", SIGABRT, exit status 134), before the watchdog's next check; the
+watchdog reports process 0 lost only when it wins that race, and
+``tools/launch_local.py`` names the process that ended first. (jaxlib's
+runtime client accepts a ``missed_heartbeat_callback`` that would replace the
+abort, but ``jax.distributed.initialize`` does not pass one, and a Python
+callback cannot receive the runtime's status: jaxlib 0.10 terminates with
+``std::bad_cast``.) JAX's own heartbeat timeout is set above the watchdog's as
+a backstop.
 """
 
 from __future__ import annotations

@@ -194,12 +194,32 @@ class SmoothWeightThreshold:
     return float(max(0.0, np.max(gain / (s * self.mean_sup_smooth_term))))
 
 
-def _threshold_value(n: int, tau: float, mean_gap: float,
-                     mean_sup: float) -> float:
-  """ν* = n^{1−τ}·E[gap]/E[sup ‖v‖] with the limits of the class docstring."""
-  numerator = n ** (1.0 - tau) * mean_gap
-  if mean_sup > 0.0:
-    return numerator / mean_sup
+def nu_threshold_value(num_classes: int, tau: float, mean_label_gap: float,
+                       mean_sup_smooth_term: float) -> float:
+  """ν* = n^{1−τ}·E[z_y − mean z] / E[sup ‖v‖₂] from the two means.
+
+  With the limits of :class:`SmoothWeightThreshold`: +inf when
+  E[sup ‖v‖] = 0 < E[z_y − mean z], 0 when both are 0; a NaN mean (a
+  diverged network's logits) gives NaN. For means combined from several
+  shares of the examples (e.g. one per process: sums and counts added, then
+  divided).
+
+  Raises:
+    ValueError: n < 2, τ < 0 or E[sup ‖v‖] < 0, naming the value.
+  """
+  if (isinstance(num_classes, bool)
+      or not isinstance(num_classes, (int, np.integer)) or num_classes < 2):
+    raise ValueError(f"num_classes must be an integer >= 2, got "
+                     f"num_classes={num_classes!r}")
+  validation.check_tau(tau)
+  if mean_sup_smooth_term < 0:
+    raise ValueError(f"mean_sup_smooth_term must be >= 0 (a mean of norms), "
+                     f"got mean_sup_smooth_term={mean_sup_smooth_term!r}")
+  if math.isnan(mean_label_gap) or math.isnan(mean_sup_smooth_term):
+    return math.nan
+  numerator = num_classes ** (1.0 - tau) * mean_label_gap
+  if mean_sup_smooth_term > 0.0:
+    return numerator / mean_sup_smooth_term
   return math.inf if numerator > 0.0 else 0.0
 
 
@@ -237,7 +257,8 @@ def sup_smooth_term(logits_fn: LogitsFn, images: jax.Array,
                     norm: str = "linf", step_size: float | None = None,
                     num_steps: int = 10, num_restarts: int = 1,
                     batch_size: int | None = None,
-                    variables: PyTree | None = None
+                    variables: PyTree | None = None,
+                    example_offset: int | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
   """Clean logits and PGD's sup_{x' ∈ B(x, ε) ∩ [0,1]^d} ‖v(x, x')‖₂ per example.
 
@@ -264,13 +285,19 @@ def sup_smooth_term(logits_fn: LogitsFn, images: jax.Array,
       parameters and batch statistics); the compiled PGD program is then
       cached per ``logits_fn`` and reused for new variables of the same
       shapes (no recompilation at every evaluation of a training run).
+    example_offset: None: chunk i of the examples draws its random starts
+      from ``fold_in(key, i)``. An integer o ≥ 0: example j draws them from
+      its own key ``fold_in(key, o + j)``, so its estimate does not depend on
+      the chunking, and contiguous shares of a larger set (one per process,
+      o = the share's first global index) give the whole set's values.
 
   Returns:
     (logits z float64 [B, n], sup ‖v‖₂ float64 [B]).
 
   Raises:
-    ValueError: ε ≤ 0, bad norm, step size, step or restart counts or batch
-      size, images outside [0, 1], labels not integer [B] or not in [0, n).
+    ValueError: ε ≤ 0, bad norm, step size, step or restart counts, batch
+      size or example offset, images outside [0, 1], labels not integer [B]
+      or not in [0, n).
   """
   validation.check_nonnegative(eps, "eps", allow_zero=False)
   if step_size is None:
@@ -302,6 +329,12 @@ def sup_smooth_term(logits_fn: LogitsFn, images: jax.Array,
                      f"[{pixels.min()!r}, {pixels.max()!r}]")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+  if example_offset is not None and (
+      isinstance(example_offset, bool)
+      or not isinstance(example_offset, (int, np.integer))
+      or example_offset < 0):
+    raise ValueError(f"example_offset must be None or an integer >= 0, got "
+                     f"example_offset={example_offset!r}")
 
   if variables is None:
     chunk = _pgd_chunk_fn(_ignore_variables(logits_fn), float(eps), norm,
@@ -310,11 +343,20 @@ def sup_smooth_term(logits_fn: LogitsFn, images: jax.Array,
     chunk = _cached_pgd_chunk_fn(logits_fn, float(eps), norm,
                                  float(step_size), num_steps, num_restarts)
 
+  example_key_array = None
+  if example_offset is not None:
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+      key = jax.random.wrap_key_data(key)  # raw uint32 key
+    # key of example j: fold_in(key, offset + j)
+    example_key_array = jax.vmap(lambda j: jax.random.fold_in(key, j))(
+        int(example_offset) + jnp.arange(num_examples))
   all_logits, all_terms = [], []
   for i, start in enumerate(range(0, num_examples, batch_size)):
     stop = min(start + batch_size, num_examples)
+    chunk_key = (jax.random.fold_in(key, i) if example_key_array is None
+                 else example_key_array[start:stop])
     z, term = chunk(variables, images[start:stop], labels[start:stop],
-                    jax.random.fold_in(key, i))
+                    chunk_key)
     all_logits.append(np.asarray(z, np.float64))
     all_terms.append(np.asarray(term, np.float64))
   logits = np.concatenate(all_logits)
@@ -328,7 +370,8 @@ def smooth_term_weight_threshold(
     key: jax.Array, *, tau: float, eps: float, norm: str = "linf",
     step_size: float | None = None, num_steps: int = 10,
     num_restarts: int = 1, batch_size: int | None = None,
-    variables: PyTree | None = None) -> SmoothWeightThreshold:
+    variables: PyTree | None = None,
+    example_offset: int | None = None) -> SmoothWeightThreshold:
   """Estimates ν*(h) = n^{1−τ}·E[z_y − mean z] / E[sup_{x'} ‖v(x, x')‖₂].
 
   Above ν*(h) the ADV-COMP-SUM objective of s·h has a nonnegative slope at
@@ -352,6 +395,8 @@ def smooth_term_weight_threshold(
     batch_size: examples per PGD call (None: all at once).
     variables: optional pytree, then ``logits_fn(variables, x)`` and the
       compiled program is reused across calls (:func:`sup_smooth_term`).
+    example_offset: None (one key per chunk) or the global index of the
+      first example (one key per example; :func:`sup_smooth_term`).
 
   Returns:
     A :class:`SmoothWeightThreshold` (also gives the slope at s = 0 and the
@@ -364,7 +409,8 @@ def smooth_term_weight_threshold(
   logits, sup_term = sup_smooth_term(
       logits_fn, images, labels, key, eps=eps, norm=norm,
       step_size=step_size, num_steps=num_steps, num_restarts=num_restarts,
-      batch_size=batch_size, variables=variables)
+      batch_size=batch_size, variables=variables,
+      example_offset=example_offset)
   labels_np = np.asarray(labels)
   # z_y − mean z, in float64
   gap = (np.take_along_axis(logits, labels_np[:, None], axis=-1)[:, 0]
@@ -373,7 +419,7 @@ def smooth_term_weight_threshold(
   mean_sup = float(np.mean(sup_term))
   n = logits.shape[-1]
   return SmoothWeightThreshold(
-      nu_threshold=_threshold_value(n, float(tau), mean_gap, mean_sup),
+      nu_threshold=nu_threshold_value(n, float(tau), mean_gap, mean_sup),
       mean_label_gap=mean_gap, mean_sup_smooth_term=mean_sup, num_classes=n,
       tau=float(tau), logits=logits, labels=labels_np,
       sup_smooth_term=sup_term)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from compsum_jax import training
@@ -253,6 +254,49 @@ def test_diverged_group_is_reported_failed_exits_1_and_retried_when_asked(
     lib.run(config, str(workdir), log=_quiet, retry_diverged=True)
   assert json.loads(marker.read_text())["step"] == failed["step"]
   assert (workdir / "results.json").read_bytes() == results_before
+
+
+def test_retry_diverged_resumes_from_last_good_checkpoint(reference, tmp_path,
+                                                         monkeypatch):
+  """A group that diverges in epoch 2 (NaN inputs injected into one batch of
+  that epoch) keeps its epoch-1 checkpoint; a restart without the flag does
+  not train it; with --retry_diverged it resumes from that checkpoint and
+  ends with the numbers of the run that never diverged."""
+  original = lib.common.epoch_batches
+
+  def poisoned_epoch_batches(config, dataset, mesh=None):
+    batches = original(config, dataset, mesh)
+
+    def epoch_batches(epoch):
+      for i, batch in enumerate(batches(epoch)):
+        if epoch == 1 and i == 2:
+          batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+        yield batch
+
+    return epoch_batches
+
+  workdir = str(tmp_path / "run")
+  monkeypatch.setattr(lib.common, "epoch_batches", poisoned_epoch_batches)
+  with pytest.raises(run_outcome.DivergedRunsError, match="-vmap"):
+    lib.run(_config(), workdir, log=_quiet)
+  (marker,) = pathlib.Path(workdir).glob("members/*/diverged.json")
+  record = json.loads(marker.read_text())
+  steps_per_epoch = reference[1]["sweep"]["steps_per_epoch"]
+  assert record["step"] == steps_per_epoch + 2
+  assert record["last_checkpoint_step"] == steps_per_epoch
+  monkeypatch.setattr(lib.common, "epoch_batches", original)
+  with pytest.raises(run_outcome.DivergedRunsError):  # not retried
+    lib.run(_config(), workdir, log=_quiet)
+  env_file = marker.parent / "environment.json"
+  starts = len(json.loads(env_file.read_text()))
+  results, _ = lib.run(_config(), workdir, log=_quiet, retry_diverged=True)
+  assert not marker.exists()
+  environment = json.loads(env_file.read_text())
+  assert len(environment) == starts + 1
+  assert environment[-1]["resumed_from_step"] == steps_per_epoch
+  assert "failed_groups" not in results
+  assert results["per_tau"] == reference[1]["per_tau"]
+  assert results["members"] == reference[1]["members"]
 
 
 def test_diverged_vmapped_group_marks_every_member_and_skips_bound_plot(

@@ -380,9 +380,14 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
     bad = error.members if error.members is not None else [0]
     names = [f"tau={group[k].hparams['tau']:g} seed={group[k].seed}"
              for k in bad]
-    print(f"loss_comparison: diverged members {names}; lower "
-          "config.optimizer.learning_rate or set config.optimizer.grad_clip")
-    run_outcome.mark_diverged(workdir, error, members=names)
+    if training.is_primary():  # process 0 writes every file
+      print(f"loss_comparison: diverged members {names}; lower "
+            "config.optimizer.learning_rate or set "
+            "config.optimizer.grad_clip")
+      run_outcome.mark_diverged(workdir, error, members=names)
+    # Every process stops at the same step (the finite check is global);
+    # all read the marker after this.
+    training.distributed.sync("diverged")  # same name on every host
     raise
 
 

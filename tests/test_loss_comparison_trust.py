@@ -334,6 +334,35 @@ def test_diverged_vmapped_group_marks_every_member_and_skips_bound_plot(
     assert (workdir / name).stat().st_size > 0
 
 
+def test_bound_check_of_a_partly_diverged_sweep_covers_finished_members(
+    tmp_path):
+  """Sequential synthetic sweep, ℓ_0 diverges: the bound is checked, tabled
+  and plotted for the finished τ = 2 only."""
+  config = presets.get_config("synthetic_smoke")
+  config.taus = (0.0, 2.0)
+  config.sweep_mode = "sequential"
+  config.num_epochs = 1
+  config.optimizer.learning_rate = 100.0
+  config.optimizer.grad_clip = 1e30
+  workdir = tmp_path / "run"
+  with pytest.raises(run_outcome.DivergedRunsError,
+                     match="1 of 2 member groups.*members/000-000 "):
+    lib.run(config, str(workdir), log=_quiet)
+  results = json.loads((workdir / "results.json").read_text())
+  check = results["bound_check"]
+  assert check["applicable"] and "not checked" in check["statement"]
+  assert [t["tau"] for t in check["per_tau"]] == [2.0]
+  good = results["members"][1]
+  assert check["num_checks"] == len(good["history"]["slack"]) == 1
+  assert check["min_slack"] == min(good["history"]["slack"])
+  lines = (workdir / "results.md").read_text().splitlines()
+  (row0,) = [r for r in lines if r.startswith("| 0 |")]
+  (row2,) = [r for r in lines if r.startswith("| 2 |")]
+  assert row0.endswith("| 1 of 1 | — | — |")
+  assert "| 0 of 1 | 1/1 hold |" in row2
+  assert (workdir / "bound_check.png").stat().st_size > 0
+
+
 def test_config_typo_is_one_line_exit_2_and_help_lists_presets(tmp_path):
   out = _binary(tmp_path, *SMOKE, "--config.tauss=1",
                 f"--workdir={tmp_path / 'run'}")

@@ -18,9 +18,11 @@ check.
 
 One run owns a workdir: a second run on it exits at once (status 1) naming
 the owner. Exit status: 0 when every member finished; 1 when the workdir is
-busy, the disk is full or a member diverged (a diverged group is not
-trained again on restart unless ``--retry_diverged`` is given); 2 for a
-config error (one line). ``--help`` lists the presets and config fields.
+busy, the disk is full or a member diverged (the other groups still train
+and the report is written with the diverged group's members marked as
+failed; such a group is not trained again on restart unless
+``--retry_diverged`` is given); 2 for a config error (one line).
+``--help`` lists the presets and config fields.
 
 Several cooperating processes (one per host; README "Several hosts"): add
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` to each
@@ -48,7 +50,8 @@ _WORKDIR = flags.DEFINE_string(
     required=True)
 _RETRY_DIVERGED = flags.DEFINE_bool(
     "retry_diverged", False, "Train again members that diverged (NaN/Inf) "
-    "on an earlier start; without it such a workdir is refused.")
+    "on an earlier start, from their last good checkpoint; without it they "
+    "stay failed in the report and the exit status is 1.")
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Only plan the run (compile the steps on abstract "
     "shapes, no data): writes plan.json / plan.md to --workdir.")

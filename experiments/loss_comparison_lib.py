@@ -18,7 +18,12 @@ seed index (seed ``config.seed + s``). All members go through THE train step
 A member whose loss or gradient becomes NaN/Inf stops its whole group (the
 non-finite stop of ``fit``; in 'vmap' mode that is the whole sweep) with a
 message naming the diverged τ and seed; ℓ_0 is the usual culprit, hence the
-gradient clip in the presets.
+gradient clip in the presets. The other groups still train and the report
+is written with the stopped group's members marked as failed (status
+'nonfinite', no numbers); then :func:`run` raises
+``run_outcome.DivergedRunsError`` (the binary exits 1). A restart trains
+such a group again, from its last good checkpoint, only with
+``retry_diverged``.
 
 Each group of members is a :func:`compsum_jax.training.fit` run in
 ``<workdir>/members/<first>-<last>`` (checkpoints, resume, metrics.jsonl).
@@ -57,18 +62,24 @@ results.json fields:
   sweep: mode ('vmap' or 'sequential', as actually run), num_members, taus,
     num_seeds, seeds, steps_per_epoch, total_steps, num_epochs, num_devices,
     mesh, std (how the standard deviations are computed).
-  per_tau: one entry per τ: tau, loss (name), num_seeds and {mean, std} over
-    seeds (final evaluation) of test_accuracy (clean test labels),
-    final_surrogate_loss (ℓ_τ on the training labels), test_surrogate_loss
-    (ℓ_τ on the test set), test_cross_entropy, train_accuracy.
+  per_tau: one entry per τ: tau, loss (name), num_seeds (finished seeds)
+    and {mean, std} over them (final evaluation) of test_accuracy (clean
+    test labels), final_surrogate_loss (ℓ_τ on the training labels),
+    test_surrogate_loss (ℓ_τ on the test set), test_cross_entropy,
+    train_accuracy; with failed members also num_failed, and null instead
+    of {mean, std} when no seed of τ finished.
   members: one entry per member: index, tau, seed, seed_index, final {field:
     value} and history {epoch, step, field: [value per evaluation]} with the
-    fields of HISTORY_FIELDS.
+    fields of HISTORY_FIELDS. A member of a group that diverged has instead
+    status 'nonfinite', group and error (no final, no history).
+  failed_groups (only when a group diverged): [{group, members (indices),
+    diverged_members (names), step, last_checkpoint_step, error}].
   bound_check: {applicable: false, reason} or {applicable: true, statement,
     tolerance, num_checks, num_violations, holds, min_slack, per_tau: [{tau,
     num_checks, num_violations, min_slack, final_zero_one_excess,
-    final_surrogate_excess, final_bound}]} (finals are means over seeds).
-  history_check: one entry per trained group: {group, complete, problems,
+    final_surrogate_excess, final_bound}]} (finals are means over seeds;
+    finished members only).
+  history_check: one entry per finished group: {group, complete, problems,
     rebuilt_epochs, missing_epochs}. Final values always come from the
     evaluation committed with each group's final checkpoint; a metrics.jsonl
     that lost records is completed from the kept checkpoints, and epochs
@@ -102,6 +113,9 @@ MEMBERS_DIR = "members"
 # common.BOOKKEEPING_FIELDS.
 BOOKKEEPING_FIELDS = ("checkpoint_every_epochs", "companion", "cpu_devices",
                       "member_shards")
+# results.json's status of a member whose group diverged (as the adversarial
+# experiment's runs).
+FAILED_STATUS = "nonfinite"
 
 
 def tau_name(tau: float) -> str:
@@ -366,9 +380,14 @@ def train_group(sweep: Sweep, group: Sequence[common.Member], workdir: str,
     bad = error.members if error.members is not None else [0]
     names = [f"tau={group[k].hparams['tau']:g} seed={group[k].seed}"
              for k in bad]
-    print(f"loss_comparison: diverged members {names}; lower "
-          "config.optimizer.learning_rate or set config.optimizer.grad_clip")
-    run_outcome.mark_diverged(workdir, error, members=names)
+    if training.is_primary():  # process 0 writes every file
+      print(f"loss_comparison: diverged members {names}; lower "
+            "config.optimizer.learning_rate or set "
+            "config.optimizer.grad_clip")
+      run_outcome.mark_diverged(workdir, error, members=names)
+    # Every process stops at the same step (the finite check is global);
+    # all read the marker after this.
+    training.distributed.sync("diverged")  # same name on every host
     raise
 
 
@@ -478,21 +497,70 @@ def member_histories(records: Sequence[Mapping[str, Any]],
   return histories
 
 
+def failed_group(gdir: str, group: Sequence[common.Member], workdir: str
+                 ) -> dict[str, Any]:
+  """The record of a group that diverged, now or on an earlier start.
+
+  Read from the group's ``diverged.json`` (so a restart that does not retry
+  it reports the same record). Paths are relative to ``workdir``.
+
+  Returns:
+    {group, members (indices), diverged_members (names of the members whose
+    loss or gradient became non-finite), step, last_checkpoint_step, error}.
+  """
+  marker = run_outcome.diverged_marker(gdir) or {}
+  prefix = os.path.abspath(workdir) + os.sep
+  return {"group": os.path.relpath(gdir, workdir),
+          "members": [m.index for m in group],
+          "diverged_members": [str(name) for name in
+                               marker.get("members") or []],
+          "step": marker.get("step"),
+          "last_checkpoint_step": marker.get("last_checkpoint_step"),
+          "error": str(marker.get("message", "diverged (NaN/Inf)")).replace(
+              prefix, "")}
+
+
 @dataclasses.dataclass
 class SweepOutcome:
   """What :func:`run_sweep` trained: per member histories and final values.
 
   Attributes:
-    histories: per member {field: [value per evaluation]}, member order.
-    finals: per member {field: value} from the final checkpoints.
-    history_checks: one :attr:`GroupOutcome.history_check` per group.
+    histories: per member {field: [value per evaluation]}, member order
+      (None for a member of a failed group).
+    finals: per member {field: value} from the final checkpoints (None for
+      a member of a failed group).
+    history_checks: one :attr:`GroupOutcome.history_check` per finished
+      group.
     mode: the mode actually used, 'vmap' or 'sequential'.
+    failed_groups: one :func:`failed_group` record per group that diverged
+      (now, or on an earlier start and not retried).
   """
 
-  histories: list[dict[str, list[float]]]
-  finals: list[dict[str, float]]
+  histories: list[dict[str, list[float]] | None]
+  finals: list[dict[str, float] | None]
   history_checks: list[dict[str, Any]]
   mode: str
+  failed_groups: list[dict[str, Any]] = dataclasses.field(
+      default_factory=list)
+
+
+def _train_or_fail(sweep: Sweep, group: Sequence[common.Member], gdir: str,
+                   workdir: str, log: Callable[[str], None], *, stacked: bool,
+                   retry_diverged: bool
+                   ) -> GroupOutcome | dict[str, Any]:
+  """Trains one group: its :class:`GroupOutcome`, or its
+  :func:`failed_group` record if it diverged (now or on an earlier start)."""
+  try:
+    fitted = train_group(sweep, group, gdir, stacked=stacked,
+                         retry_diverged=retry_diverged)
+  except training.NonFiniteError:
+    return failed_group(gdir, group, workdir)
+  except run_outcome.DivergedBeforeError:
+    record = failed_group(gdir, group, workdir)
+    log(f"loss_comparison: {record['group']} diverged on an earlier start; "
+        f"not trained again (pass {run_outcome.RETRY_FLAG} to retry it)")
+    return record
+  return group_outcome(gdir, group, stacked, fitted.final_metrics, workdir)
 
 
 def run_sweep(sweep: Sweep, workdir: str, log: Callable[[str], None] = print,
@@ -502,38 +570,46 @@ def run_sweep(sweep: Sweep, workdir: str, log: Callable[[str], None] = print,
   'vmap'/'auto' train all members as one stacked group ('auto' falls back
   to one member after another when that runs out of device memory);
   'sequential' trains one member after another. Final values come from each
-  group's final checkpoint (:func:`group_outcome`).
+  group's final checkpoint (:func:`group_outcome`). A group that diverges
+  (NaN/Inf) is recorded in ``failed_groups`` and the other groups still
+  train; a group that diverged on an earlier start is trained again only
+  with ``retry_diverged`` (from its last good checkpoint).
   """
   mode = sweep.config.sweep_mode
   if mode in ("vmap", "auto"):
     group = sweep.members
     gdir = group_dir(workdir, group, stacked=True)
     try:
-      fitted = train_group(sweep, group, gdir, stacked=True,
-                           retry_diverged=retry_diverged)
+      result = _train_or_fail(sweep, group, gdir, workdir, log, stacked=True,
+                              retry_diverged=retry_diverged)
     except Exception as error:  # pylint: disable=broad-except
       if mode != "auto" or not training.is_device_out_of_memory(error):
         raise
       log(f"vmapped sweep of {len(group)} members ran out of device memory "
           f"({type(error).__name__}); falling back to sequential members")
     else:
-      outcome = group_outcome(gdir, group, True, fitted.final_metrics,
-                              workdir)
-      return SweepOutcome(outcome.histories, outcome.finals,
-                          [outcome.history_check], "vmap")
-  histories, finals, checks = [], [], []
+      if isinstance(result, GroupOutcome):
+        return SweepOutcome(result.histories, result.finals,
+                            [result.history_check], "vmap")
+      return SweepOutcome([None] * len(group), [None] * len(group), [],
+                          "vmap", failed_groups=[result])
+  histories, finals, checks, failed = [], [], [], []
   for member in sweep.members:
     gdir = group_dir(workdir, [member], stacked=False)
     log(f"member {member.index + 1}/{len(sweep.members)}: "
         f"tau={member.hparams['tau']:g} seed={member.seed}")
-    fitted = train_group(sweep, [member], gdir, stacked=False,
-                         retry_diverged=retry_diverged)
-    outcome = group_outcome(gdir, [member], False, fitted.final_metrics,
-                            workdir)
-    histories += outcome.histories
-    finals += outcome.finals
-    checks.append(outcome.history_check)
-  return SweepOutcome(histories, finals, checks, "sequential")
+    result = _train_or_fail(sweep, [member], gdir, workdir, log,
+                            stacked=False, retry_diverged=retry_diverged)
+    if isinstance(result, GroupOutcome):
+      histories += result.histories
+      finals += result.finals
+      checks.append(result.history_check)
+    else:
+      histories.append(None)
+      finals.append(None)
+      failed.append(result)
+  return SweepOutcome(histories, finals, checks, "sequential",
+                      failed_groups=failed)
 
 
 # ------------------------------------------------------------------ results
@@ -544,23 +620,40 @@ def summarize(sweep: Sweep, outcome: SweepOutcome) -> dict[str, Any]:
   config = sweep.config
   taus = config_taus(config)
   mode = outcome.mode
+  failed_by_index = {index: group for group in outcome.failed_groups
+                     for index in group["members"]}
   members_out = []
   for member, history, final in zip(sweep.members, outcome.histories,
                                     outcome.finals, strict=True):
-    members_out.append({"index": member.index, "tau": member.hparams["tau"],
-                        "seed": member.seed, "seed_index": member.seed_index,
-                        "final": final, "history": dict(history)})
+    entry = {"index": member.index, "tau": member.hparams["tau"],
+             "seed": member.seed, "seed_index": member.seed_index}
+    failed = failed_by_index.get(member.index)
+    if failed is None:
+      entry.update(final=final, history=dict(history))
+    else:  # no final numbers: its group stopped on a NaN/Inf
+      entry.update(status=FAILED_STATUS, group=failed["group"],
+                   error=failed["error"])
+    members_out.append(entry)
   per_tau = []
   for tau in taus:
-    finals = [m["final"] for m in members_out if m["tau"] == tau]
+    finals = [m["final"] for m in members_out
+              if m["tau"] == tau and "final" in m]
+    num_failed = sum(m["tau"] == tau and "final" not in m
+                     for m in members_out)
+    # num_seeds counts the finished seeds, over which the statistics are.
     row = {"tau": tau, "loss": tau_name(tau), "num_seeds": len(finals)}
+    if num_failed:
+      row["num_failed"] = num_failed
     for name, key in (("test_accuracy", "test_accuracy"),
                       ("final_surrogate_loss", "train_loss"),
                       ("test_surrogate_loss", "test_loss"),
                       ("test_cross_entropy", "test_cross_entropy"),
                       ("train_accuracy", "train_accuracy")):
-      mean, std = common.mean_and_std([f[key] for f in finals])
-      row[name] = {"mean": mean, "std": std}
+      if finals:
+        mean, std = common.mean_and_std([f[key] for f in finals])
+        row[name] = {"mean": mean, "std": std}
+      else:
+        row[name] = None  # every seed of this τ failed
     per_tau.append(row)
   train = sweep.dataset.train
   noise = sweep.dataset.meta.get("label_noise")
@@ -597,7 +690,9 @@ def summarize(sweep: Sweep, outcome: SweepOutcome) -> dict[str, Any]:
                 "accuracy_plot": report.PLOT_ACCURACY,
                 "curves_plot": report.PLOT_CURVES},
   }
-  if sweep.bound_check:
+  if outcome.failed_groups:
+    results["failed_groups"] = outcome.failed_groups
+  if results["bound_check"]["applicable"]:
     results["files"]["bound_plot"] = report.PLOT_BOUND
   return results
 
@@ -609,16 +704,20 @@ def _bound_summary(sweep: Sweep, members: Sequence[Mapping[str, Any]]
     return {"applicable": False,
             "reason": f"dataset {sweep.dataset.name!r} has no known "
                       "posteriors p(y|x); use the 'synthetic' preset"}
+  finished = [m for m in members if "final" in m]
+  if not finished:
+    return {"applicable": False,
+            "reason": "no member finished (every group diverged)"}
   summary = theory.bound_check_summary(
       [{"tau": m["tau"], "slack": m["history"]["slack"],
         **{k: m["final"][k] for k in ("zero_one_excess", "surrogate_excess",
-                                      "bound")}} for m in members])
-  return {"applicable": True,
-          "statement": "E_x[ΔC_0-1(h,x)] <= Γ_τ(E_x[ΔC_τ(h,x)]) at every "
-                       "evaluation of every member (complete family, "
-                       "minimizability gaps 0; test inputs, exact "
-                       "posteriors)",
-          **summary}
+                                      "bound")}} for m in finished])
+  statement = ("E_x[ΔC_0-1(h,x)] <= Γ_τ(E_x[ΔC_τ(h,x)]) at every "
+               "evaluation of every member (complete family, minimizability "
+               "gaps 0; test inputs, exact posteriors)")
+  if len(finished) < len(members):
+    statement += "; members of diverged groups not checked"
+  return {"applicable": True, "statement": statement, **summary}
 
 
 def _mesh_shape(mesh: jax.sharding.Mesh | None) -> dict[str, int]:
@@ -719,7 +818,10 @@ def run(config: Any, workdir: str, log: Callable[[str], None] = print, *,
 
   Raises:
     training.WorkdirBusyError: another run owns ``workdir``.
-    training.NonFiniteError: a group diverged.
+    run_outcome.DivergedRunsError: a group diverged (now, or on an earlier
+      start and not retried); raised after every sweep ran and wrote its
+      report, which lists the group's members as failed (the error carries
+      the main sweep's results and paths).
   """
   validate_config(config)
   companion = companion_config(config) if config.companion else None
@@ -738,15 +840,45 @@ def _run_locked(config: Any, companion: Any, workdir: str,
                            retry_diverged=retry_diverged)
   log(report.console_report(
       f"loss comparison on {results['dataset']['name']}", paths))
+  failures = failed_group_names(results)
+  num_groups = _num_groups(results)
   if companion is None:
     log("\nBound-check summary:\n" + report.bound_summary_text(results))
-    return results, paths
-  sub = os.path.join(workdir, f"companion_{config.companion}")
-  log(f"\nCompanion run '{config.companion}' for the bound check in {sub}")
-  results_c, paths_c = run_one(companion, sub, log,
-                               retry_diverged=retry_diverged)
-  log(report.console_report(f"companion: {results_c['dataset']['name']}",
-                            paths_c))
-  log("\nBound-check summary (companion run):\n"
-      + report.bound_summary_text(results_c))
+  else:
+    sub = os.path.join(workdir, f"companion_{config.companion}")
+    log(f"\nCompanion run '{config.companion}' for the bound check in {sub}")
+    results_c, paths_c = run_one(companion, sub, log,
+                                 retry_diverged=retry_diverged)
+    log(report.console_report(f"companion: {results_c['dataset']['name']}",
+                              paths_c))
+    log("\nBound-check summary (companion run):\n"
+        + report.bound_summary_text(results_c))
+    failures += [os.path.join(os.path.basename(sub), name)
+                 for name in failed_group_names(results_c)]
+    num_groups += _num_groups(results_c)
+  if failures:
+    raise run_outcome.DivergedRunsError(
+        f"{len(failures)} of {num_groups} member groups diverged (NaN/Inf "
+        f"loss or gradient): {'; '.join(failures)}; results.json and "
+        "results.md list their members as failed; pass "
+        f"{run_outcome.RETRY_FLAG} to train them again from their last good "
+        "checkpoint", results, paths)
   return results, paths
+
+
+def _num_groups(results: Mapping[str, Any]) -> int:
+  """How many groups the sweep of ``results`` trained: one stacked group
+  ('vmap') or one per member ('sequential')."""
+  sweep = results["sweep"]
+  return 1 if sweep["mode"] == "vmap" else int(sweep["num_members"])
+
+
+def failed_group_names(results: Mapping[str, Any]) -> list[str]:
+  """One 'members/000-000 (tau=0 seed=0 diverged at step 7)' per failed
+  group of ``results`` (empty when every member finished)."""
+  names = []
+  for group in results.get("failed_groups", []):
+    who = ", ".join(group["diverged_members"]) or "a member"
+    names.append(f"{group['group']} ({who} diverged at step "
+                 f"{group['step']})")
+  return names

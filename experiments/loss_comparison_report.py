@@ -8,7 +8,9 @@ finished run can be re-rendered (e.g. after a change of the plots)::
 
 re-renders ``runs/demo`` and every ``runs/demo/companion_*`` that holds a
 results.json. Spread over seeds is the sample standard deviation (ddof = 1),
-stated in every table and figure.
+stated in every table and figure. Members whose group diverged (status
+'nonfinite' in results.json) are listed as failed in results.md and left out
+of the statistics and the plots.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ TABLE_FILE = "results.md"
 PLOT_ACCURACY = "accuracy_vs_tau.png"
 PLOT_CURVES = "training_curves.png"
 PLOT_BOUND = "bound_check.png"
+FAILED_CELL = "failed (diverged)"
 # One line style per τ, so that curves lying on top of each other stay
 # distinguishable (cycled beyond five τ).
 _STYLES = (("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"),
@@ -71,7 +74,22 @@ def _devices_text(sweep: Mapping[str, Any]) -> str:
           f"split {mesh['data']})")
 
 
-def _pm(stat: Mapping[str, float], scale: float, digits: int) -> str:
+def finished_rows(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+  """The per_tau rows with numbers (at least one seed of τ finished)."""
+  return [row for row in results["per_tau"]
+          if row["test_accuracy"] is not None]
+
+
+def finished_histories(results: Mapping[str, Any], tau: float
+                       ) -> list[Mapping[str, Any]]:
+  """Histories of the finished members of ``tau`` (failed ones have none)."""
+  return [m["history"] for m in results["members"]
+          if m["tau"] == tau and "history" in m]
+
+
+def _pm(stat: Mapping[str, float] | None, scale: float, digits: int) -> str:
+  if stat is None:
+    return FAILED_CELL
   mean, std = stat["mean"] * scale, stat["std"] * scale
   if not (math.isfinite(mean) and math.isfinite(std)):
     return f"{mean} ± {std}"
@@ -98,24 +116,41 @@ def results_table(results: Mapping[str, Any]) -> str:
       f"{sw['num_seeds']} seeds {sw['seeds']}, trained in '{sw['mode']}' "
       f"mode{_devices_text(sw)}; cells: {spread_text(results)} "
       "(ddof = 1)", ""]
+  failed_members = [m for m in results["members"] if "status" in m]
+  if failed_members:
+    lines[-1:] = [f"- **{len(failed_members)} of {sw['num_members']} members "
+                  "FAILED** (their group diverged: NaN/Inf loss or "
+                  "gradient); cells are over the finished seeds only (column "
+                  "'failed seeds')", ""]
   header = ["τ", "loss", "test accuracy (%)", "final train ℓ_τ",
             "test ℓ_τ", "test CE"]
+  if failed_members:
+    header.append("failed seeds")
   check = results["bound_check"]
   if check["applicable"]:
     header += ["bound checks", "min slack"]
+    check_by_tau = {t["tau"]: t for t in check["per_tau"]}
   rows = []
-  for i, row in enumerate(results["per_tau"]):
+  for row in results["per_tau"]:
     cells = [f"{row['tau']:g}", row["loss"],
              _pm(row["test_accuracy"], 100.0, 2),
              _pm(row["final_surrogate_loss"], 1.0, 4),
              _pm(row["test_surrogate_loss"], 1.0, 4),
              _pm(row["test_cross_entropy"], 1.0, 4)]
+    if failed_members:
+      num_failed = row.get("num_failed", 0)
+      cells.append(f"{num_failed} of {row['num_seeds'] + num_failed}")
     if check["applicable"]:
-      t = check["per_tau"][i]
-      cells += [f"{t['num_checks'] - t['num_violations']}/{t['num_checks']}"
-                " hold", f"{t['min_slack']:.3g}"]
+      t = check_by_tau.get(row["tau"])
+      cells += (["—", "—"] if t is None else [
+          f"{t['num_checks'] - t['num_violations']}/{t['num_checks']}"
+          " hold", f"{t['min_slack']:.3g}"])
     rows.append(cells)
   text = "\n".join(lines) + "\n" + common.markdown_table(header, rows)
+  if failed_members:
+    text += "\nFailed members (no numbers; not in the plots):\n" + "".join(
+        f"- τ={m['tau']:g} seed {m['seed']} (group {m['group']}): "
+        f"{m['error']}\n" for m in failed_members)
   text += "\n" + bound_summary_text(results) + "\n"
   return text
 
@@ -153,16 +188,21 @@ def console_report(title: str, paths: Mapping[str, str]) -> str:
 
 def _dataset_title(results: Mapping[str, Any]) -> str:
   ds = results["dataset"]
+  failed = sum("status" in m for m in results["members"])
+  omitted = (f"; {failed} failed (diverged) members omitted" if failed
+             else "")
   return (f"{ds['name']} ({ds['num_train']} train / {ds['num_test']} test), "
-          f"{noise_text(results)}")
+          f"{noise_text(results)}{omitted}")
 
 
 def plot_accuracy(results: Mapping[str, Any], path: str) -> None:
   """Clean test accuracy against τ: mean over seeds, bars ± sample std."""
   plt = common.pyplot()
-  rows = results["per_tau"]
+  rows = finished_rows(results)
   taus = [r["tau"] for r in rows]
   fig, ax = plt.subplots(figsize=(6, 4))
+  if not rows:
+    _no_finished_member(ax)
   ax.errorbar(taus, [100 * r["test_accuracy"]["mean"] for r in rows],
               yerr=[100 * r["test_accuracy"]["std"] for r in rows],
               marker="o", capsize=4,
@@ -177,11 +217,18 @@ def plot_accuracy(results: Mapping[str, Any], path: str) -> None:
                f"{results['sweep']['num_epochs']} epochs; error bars: sample "
                f"std over n = {results['sweep']['num_seeds']} seeds",
                fontsize=9)
-  ax.legend(fontsize=8, loc="lower left")
+  if rows:
+    ax.legend(fontsize=8, loc="lower left")
   ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _no_finished_member(ax: Any) -> None:
+  """Says on ``ax`` that there is nothing to plot (every member failed)."""
+  ax.text(0.5, 0.5, "no member finished (every group diverged)",
+          ha="center", va="center", transform=ax.transAxes)
 
 
 def plot_curves(results: Mapping[str, Any], path: str) -> None:
@@ -189,9 +236,10 @@ def plot_curves(results: Mapping[str, Any], path: str) -> None:
   shaded band ± sample std."""
   plt = common.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-  for i, row in enumerate(results["per_tau"]):
+  rows = finished_rows(results)
+  for i, row in enumerate(rows):
     tau = row["tau"]
-    hist = [m["history"] for m in results["members"] if m["tau"] == tau]
+    hist = finished_histories(results, tau)
     epochs = hist[0]["epoch"]
     for ax, key, scale in ((axes[0], "test_accuracy", 100.0),
                            (axes[1], "train_loss", 1.0)):
@@ -211,7 +259,10 @@ def plot_curves(results: Mapping[str, Any], path: str) -> None:
   for ax in axes:
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if rows:
+      ax.legend(fontsize=7)
+    else:
+      _no_finished_member(ax)
   fig.suptitle(f"{_dataset_title(results)}: lines = mean, shaded bands = ± "
                f"sample std over n = {results['sweep']['num_seeds']} seeds",
                fontsize=10)
@@ -223,13 +274,14 @@ def plot_curves(results: Mapping[str, Any], path: str) -> None:
 def plot_bound(results: Mapping[str, Any], path: str) -> None:
   """Every checkpoint (E[ΔC_τ], E[ΔC_0-1]) against the Γ_τ curve, per τ."""
   plt = common.pyplot()
-  rows = results["per_tau"]
+  checked = {t["tau"] for t in results["bound_check"]["per_tau"]}
+  rows = [row for row in results["per_tau"] if row["tau"] in checked]
   n = results["dataset"]["num_classes"]
   fig, axes = plt.subplots(1, len(rows), figsize=(3.8 * len(rows), 4.2),
                            squeeze=False, layout="constrained")
   for ax, row in zip(axes[0], rows, strict=True):
     tau = row["tau"]
-    hist = [m["history"] for m in results["members"] if m["tau"] == tau]
+    hist = finished_histories(results, tau)
     s = np.concatenate([h["surrogate_excess"] for h in hist])
     z = np.concatenate([h["zero_one_excess"] for h in hist])
     e = np.concatenate([h["epoch"] for h in hist])

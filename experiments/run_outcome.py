@@ -7,6 +7,9 @@
 * :func:`fatal_errors`: in a binary's ``main``, prints a busy workdir, a
   storage failure (full disk, ...) or a diverged run as one line on stderr
   and exits with :data:`FAILURE_EXIT_CODE`.
+* :class:`DivergedRunsError`: raised by an experiment after it has written
+  its report with the diverged runs marked as failed, so that the binary
+  still exits non-zero.
 * Divergence markers: a run that diverged writes ``diverged.json`` into its
   run directory; a restart refuses to train it again (a NaN run is usually
   deterministic) unless the user asks with ``--retry_diverged``.
@@ -35,6 +38,21 @@ class DivergedBeforeError(RuntimeError):
   """A run diverged on an earlier start and no retry was asked for."""
 
 
+class DivergedRunsError(RuntimeError):
+  """Some runs diverged; the report was written with them marked as failed.
+
+  Attributes:
+    results: the results dict the experiment wrote (the main run's).
+    paths: {name: path} of the files it wrote.
+  """
+
+  def __init__(self, message: str, results: Any = None,
+               paths: dict[str, str] | None = None):
+    super().__init__(message)
+    self.results = results
+    self.paths = paths or {}
+
+
 class ConfigMismatchError(ValueError):
   """The workdir holds runs made with a different config (the message names
   the differing fields)."""
@@ -54,7 +72,8 @@ def fatal_errors() -> Iterator[None]:
 
   A busy workdir (:class:`training.WorkdirBusyError`), a storage failure
   (:class:`training.StorageError`), a diverged run
-  (:class:`training.NonFiniteError`, :class:`DivergedBeforeError`) and a run
+  (:class:`training.NonFiniteError`, :class:`DivergedBeforeError`,
+  :class:`DivergedRunsError`) and a run
   that is not finished (:class:`training.RunNotFinishedError`) are reported
   without traceback; other errors keep theirs. A workdir holding another
   config's runs (:class:`ConfigMismatchError`) exits with status 2.
@@ -65,7 +84,8 @@ def fatal_errors() -> Iterator[None]:
     exit_with_failure(f"error: {error}")
   except training.StorageError as error:
     exit_with_failure(f"storage error: {error}")
-  except (training.NonFiniteError, DivergedBeforeError) as error:
+  except (training.NonFiniteError, DivergedBeforeError,
+          DivergedRunsError) as error:
     exit_with_failure(f"diverged: {error}")
   except training.RunNotFinishedError as error:
     exit_with_failure(f"error: {error}")
@@ -156,7 +176,7 @@ def check_not_diverged(run_dir: str, retry_diverged: bool) -> None:
 
 
 __all__ = ["CONFIG_MISMATCH_EXIT_CODE", "ConfigMismatchError", "DIVERGED_FILE",
-           "DivergedBeforeError", "FAILURE_EXIT_CODE", "NEW_RUN_DIR_FLAG",
-           "RETRY_FLAG", "check_not_diverged", "diverged_marker",
+           "DivergedBeforeError", "DivergedRunsError", "FAILURE_EXIT_CODE",
+           "NEW_RUN_DIR_FLAG", "RETRY_FLAG", "check_not_diverged", "diverged_marker",
            "exit_with_failure", "fatal_errors", "mark_diverged",
            "owned_workdir"]

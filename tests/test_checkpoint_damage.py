@@ -4,10 +4,16 @@ Damage is made the way it happens: files of an old step unlinked one by one
 and the directories left (orbax's deleter unlinks files in parallel and then
 removes the directories, so SIGKILL in between leaves exactly that), a data
 file truncated or zeroed, ``_METADATA`` emptied, the meta JSON truncated.
+One test does it for real: a training process (tests/train_resume_script.py)
+is SIGKILLed while orbax deletes an old step, then resumed.
 """
 
 import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -15,6 +21,8 @@ import pytest
 
 from compsum_jax import models, training
 from compsum_jax.training import checkpoint as checkpoint_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # A failed restore (the damage under test) leaves orbax's pending read
 # coroutines to be closed mid-read; those "Exception ignored" reports are
@@ -170,5 +178,79 @@ def test_empty_store_restores_nothing(tmp_path):
   store = checkpoint_lib.CheckpointStore(tmp_path / "checkpoints")
   try:
     assert store.restore_latest_intact(_state()) is None
+  finally:
+    store.close()
+
+
+def _train_script(workdir, *extra):
+  return [sys.executable, str(REPO / "tests" / "train_resume_script.py"),
+          "--workdir", str(workdir), "--epochs", "2", *extra]
+
+
+def test_sigkill_while_orbax_deletes_a_step_then_resume_is_exact(tmp_path):
+  """kill -9 in the middle of orbax's deletion of an old checkpoint (the
+  child's deleter stops halfway and hangs: a deterministic moment), then the
+  same command resumes: the partial step is removed with a message and the
+  final state equals an uninterrupted run's bit for bit."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  killed_dir, reference_dir = tmp_path / "killed", tmp_path / "reference"
+  ready = tmp_path / "deleting"
+  reference = subprocess.Popen(_train_script(reference_dir), env=env,
+                               cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+  victim = subprocess.Popen(
+      _train_script(killed_dir, "--hang_in_deletion", str(ready)), env=env,
+      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  try:
+    deadline = time.monotonic() + 240
+    while not ready.exists():
+      assert victim.poll() is None, victim.stderr.read().decode()[-3000:]
+      assert time.monotonic() < deadline, "no checkpoint was deleted"
+      time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=60) == -signal.SIGKILL
+  finally:
+    if victim.poll() is None:
+      victim.kill()
+    victim.stderr.close()
+  half = pathlib.Path(ready.read_text(encoding="utf-8"))
+  checkpoints = killed_dir / "checkpoints"
+  assert half.parent == checkpoints and half.is_dir()
+  # Really half-deleted: parts of the checkpoint gone, others still there.
+  assert checkpoint_lib.missing_checkpoint_parts(half)
+  assert _files(half)
+  newer = [int(p.name) for p in checkpoints.iterdir()
+           if p.name.isdigit() and int(p.name) > int(half.name)]
+  assert newer, "the deletion runs after a newer checkpoint is committed"
+  assert not (killed_dir / "final_state.npz").exists()
+
+  restarted = subprocess.run(_train_script(killed_dir), env=env, cwd=REPO,
+                             capture_output=True, text=True, timeout=240)
+  assert restarted.returncode == 0, restarted.stderr[-3000:]
+  output = restarted.stdout + restarted.stderr
+  assert f"checkpoint {half} was partly deleted" in output, output[-3000:]
+  assert not half.exists()
+  _, ref_err = reference.communicate(timeout=240)
+  assert reference.returncode == 0, ref_err.decode()[-3000:]
+  with np.load(killed_dir / "final_state.npz") as a, \
+       np.load(reference_dir / "final_state.npz") as b:
+    assert sorted(a.files) == sorted(b.files) and len(a.files) > 5
+    for name in a.files:
+      np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+  # Every kept checkpoint is whole, and the best one (whose metadata broke
+  # resumes before) ranks and reads without a damage report.
+  messages = []
+  store = checkpoint_lib.CheckpointStore(checkpoints,
+                                         best_metric="test_accuracy",
+                                         log=messages.append)
+  try:
+    steps = store.all_steps()
+    assert steps and all(
+        not checkpoint_lib.missing_checkpoint_parts(checkpoints / str(s))
+        for s in steps)
+    best = store.best_step()
+    assert best in steps
+    assert "test_accuracy" in store.metadata(best)["metrics"]
+    assert messages == []
   finally:
     store.close()

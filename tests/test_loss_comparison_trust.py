@@ -2,8 +2,9 @@
 
 Experiment-level checks: one owner per workdir, final values from the final
 checkpoint (a lost or truncated metrics.jsonl neither changes them nor goes
-unreported), a corrupted newest checkpoint survived, a diverged run exiting
-non-zero and not retried unless asked, config errors in one line, --help.
+unreported), a corrupted newest checkpoint survived, a diverged group reported
+as failed (the rest as usual) with a non-zero exit and retried only when
+asked, config errors in one line, --help.
 """
 
 import json
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from compsum_jax import training
@@ -168,30 +170,191 @@ def test_second_run_on_owned_workdir_exits_at_once_naming_owner(tmp_path):
   assert not os.path.exists(lock.path)
 
 
-def test_diverged_run_exits_non_zero_and_is_retried_only_when_asked(
-    tmp_path):
-  workdir = tmp_path / "run"
-  diverging = [SMOKE[0], "--config.taus=0", "--config.num_seeds=1",
-               "--config.optimizer.learning_rate=1e30",
-               "--config.optimizer.grad_clip=1e30", "--config.num_epochs=1"]
-  out = _binary(tmp_path, *diverging, f"--workdir={workdir}")
-  assert out.returncode == 1, out.stderr[-2000:]
-  assert "diverged" in out.stderr and "Traceback" not in out.stderr
-  (marker,) = workdir.glob("members/*/diverged.json")
-  assert json.loads(marker.read_text())["step"] >= 0
-  assert not (workdir / "results.json").exists()
-  # A restart refuses it without training; asked, it trains again.
+def _diverging_config(taus):
+  """smoke, sequential, 1 epoch, lr 100 without clip: ℓ_0 overflows within
+  the first steps; the bounded MAE (τ = 2) stays finite."""
   config = _config()
-  config.taus = (0.0,)
-  config.optimizer.learning_rate = 1e30
+  config.taus = taus
+  config.sweep_mode = "sequential"
+  config.optimizer.learning_rate = 100.0
   config.optimizer.grad_clip = 1e30
   config.num_epochs = 1
-  with pytest.raises(run_outcome.DivergedBeforeError,
-                     match="--retry_diverged"):
+  return config
+
+
+def test_diverged_group_is_reported_failed_and_exits_1(
+    tmp_path):
+  workdir = tmp_path / "run"
+  out = _binary(tmp_path, SMOKE[0], "--config.taus=0,2",
+                "--config.num_seeds=1", "--config.sweep_mode=sequential",
+                "--config.optimizer.learning_rate=100",
+                "--config.optimizer.grad_clip=1e30", "--config.num_epochs=1",
+                f"--workdir={workdir}")
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  # One line naming the group (JAX may warn about its compilation cache).
+  (line,) = [x for x in out.stderr.splitlines()
+             if x.startswith("loss_comparison.py:")]
+  assert out.stderr.strip().endswith(line)
+  assert "diverged" in line and "members/000-000 (tau=0 seed=0" in line
+  assert "1 of 2 member groups" in line and "--retry_diverged" in line
+  (marker,) = workdir.glob("members/*/diverged.json")
+  assert marker.parent.name == "000-000"
+  assert json.loads(marker.read_text())["step"] >= 0
+
+  # The report is written: the diverged member marked failed (no numbers),
+  # the finished one as usual; the plots exist and skip the failed member.
+  results = json.loads((workdir / "results.json").read_text())
+  bad, good = results["members"]
+  assert bad["tau"] == 0.0 and bad["status"] == "nonfinite"
+  assert "non-finite loss or gradient" in bad["error"]
+  assert bad["group"] == "members/000-000"
+  assert "final" not in bad and "history" not in bad
+  assert str(tmp_path) not in json.dumps(results)  # no absolute paths
+  assert "status" not in good and good["history"]["epoch"] == [1]
+  (failed,) = results["failed_groups"]
+  assert failed["members"] == [0] and failed["diverged_members"] == [
+      "tau=0 seed=0"]
+  row0, row2 = results["per_tau"]
+  assert row0["num_seeds"] == 0 and row0["num_failed"] == 1
+  assert row0["test_accuracy"] is None
+  assert row2["num_seeds"] == 1 and "num_failed" not in row2
+  assert row2["test_accuracy"]["mean"] == good["final"]["test_accuracy"]
+  table = (workdir / "results.md").read_text()
+  (row0_line,) = [r for r in table.splitlines() if r.startswith("| 0 |")]
+  assert "failed (diverged)" in row0_line and "1 of 1" in row0_line
+  assert "Failed members" in table and "τ=0 seed 0" in table
+  for name in ("accuracy_vs_tau.png", "training_curves.png"):
+    assert (workdir / name).stat().st_size > 0
+  # The finished member's numbers are those of a run without the diverging
+  # group (same seed index, hence same initialisation and batch order).
+  alone, _ = lib.run(_diverging_config((2.0,)), str(tmp_path / "alone"),
+                     log=_quiet)
+  (lone,) = alone["members"]
+  assert good["final"] == lone["final"]
+  assert good["history"] == lone["history"]
+  assert row2 == alone["per_tau"][0]
+
+  # A restart does not train the diverged group again: same report, exit 1.
+  config = _diverging_config((0.0, 2.0))
+  marker_before = marker.read_bytes()
+  with pytest.raises(run_outcome.DivergedRunsError,
+                     match="members/000-000.*--retry_diverged") as info:
     lib.run(config, str(workdir), log=_quiet)
-  with pytest.raises(training.NonFiniteError):
-    lib.run(config, str(workdir), log=_quiet, retry_diverged=True)
-  assert marker.exists()  # written again by the retried run
+  assert info.value.results["members"] == results["members"]
+  again = json.loads((workdir / "results.json").read_text())
+  # The same report (the config's taus were typed '0,2' on the command line).
+  assert {k: v for k, v in again.items() if k != "config"} == {
+      k: v for k, v in results.items() if k != "config"}
+  assert marker.read_bytes() == marker_before
+  # (--retry_diverged: test_retry_diverged_resumes_from_last_good_checkpoint)
+
+
+def test_retry_diverged_resumes_from_last_good_checkpoint(reference, tmp_path,
+                                                         monkeypatch):
+  """A group that diverges in epoch 2 (NaN inputs injected into one batch of
+  that epoch) keeps its epoch-1 checkpoint; a restart without the flag does
+  not train it; with --retry_diverged it resumes from that checkpoint and
+  ends with the numbers of the run that never diverged."""
+  original = lib.common.epoch_batches
+
+  def poisoned_epoch_batches(config, dataset, mesh=None):
+    batches = original(config, dataset, mesh)
+
+    def epoch_batches(epoch):
+      for i, batch in enumerate(batches(epoch)):
+        if epoch == 1 and i == 2:
+          batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+        yield batch
+
+    return epoch_batches
+
+  workdir = str(tmp_path / "run")
+  monkeypatch.setattr(lib.common, "epoch_batches", poisoned_epoch_batches)
+  with pytest.raises(run_outcome.DivergedRunsError, match="-vmap"):
+    lib.run(_config(), workdir, log=_quiet)
+  (marker,) = pathlib.Path(workdir).glob("members/*/diverged.json")
+  record = json.loads(marker.read_text())
+  steps_per_epoch = reference[1]["sweep"]["steps_per_epoch"]
+  assert record["step"] == steps_per_epoch + 2
+  assert record["last_checkpoint_step"] == steps_per_epoch
+  monkeypatch.setattr(lib.common, "epoch_batches", original)
+  with pytest.raises(run_outcome.DivergedRunsError):  # not retried
+    lib.run(_config(), workdir, log=_quiet)
+  env_file = marker.parent / "environment.json"
+  starts = len(json.loads(env_file.read_text()))
+  results, _ = lib.run(_config(), workdir, log=_quiet, retry_diverged=True)
+  assert not marker.exists()
+  environment = json.loads(env_file.read_text())
+  assert len(environment) == starts + 1
+  assert environment[-1]["resumed_from_step"] == steps_per_epoch
+  assert "failed_groups" not in results
+  assert results["per_tau"] == reference[1]["per_tau"]
+  assert results["members"] == reference[1]["members"]
+
+
+def test_diverged_vmapped_group_marks_every_member_and_skips_bound_plot(
+    tmp_path):
+  """In 'vmap' mode one diverging member stops the whole stacked group:
+  every member is reported failed, with the one that diverged named; with
+  no finished member the bound check is not applicable and not plotted."""
+  config = presets.get_config("synthetic_smoke")
+  config.taus = (0.0, 2.0)
+  config.sweep_mode = "vmap"
+  config.num_epochs = 1
+  config.optimizer.learning_rate = 100.0
+  config.optimizer.grad_clip = 1e30
+  workdir = tmp_path / "run"
+  with pytest.raises(run_outcome.DivergedRunsError,
+                     match=r"1 of 1 member groups diverged .*"
+                           r"members/000-001-vmap \(tau=0 seed=0") as info:
+    lib.run(config, str(workdir), log=_quiet)
+  results = json.loads((workdir / "results.json").read_text())
+  assert info.value.results == results
+  assert [m["status"] for m in results["members"]] == ["nonfinite"] * 2
+  (failed,) = results["failed_groups"]
+  assert failed["members"] == [0, 1]
+  assert "tau=0 seed=0" in failed["diverged_members"]
+  assert all(row["test_accuracy"] is None and row["num_failed"] == 1
+             for row in results["per_tau"])
+  assert results["bound_check"]["applicable"] is False
+  assert "bound_plot" not in results["files"]
+  assert not (workdir / "bound_check.png").exists()
+  assert results["history_check"] == []
+  table = (workdir / "results.md").read_text()
+  assert table.count("failed (diverged)") == 8  # 4 numeric cells × 2 τ
+  assert "2 of 2 members FAILED" in table
+  for name in ("accuracy_vs_tau.png", "training_curves.png"):
+    assert (workdir / name).stat().st_size > 0
+
+
+def test_bound_check_of_a_partly_diverged_sweep_covers_finished_members(
+    tmp_path):
+  """Sequential synthetic sweep, ℓ_0 diverges: the bound is checked, tabled
+  and plotted for the finished τ = 2 only."""
+  config = presets.get_config("synthetic_smoke")
+  config.taus = (0.0, 2.0)
+  config.sweep_mode = "sequential"
+  config.num_epochs = 1
+  config.optimizer.learning_rate = 100.0
+  config.optimizer.grad_clip = 1e30
+  workdir = tmp_path / "run"
+  with pytest.raises(run_outcome.DivergedRunsError,
+                     match="1 of 2 member groups.*members/000-000 "):
+    lib.run(config, str(workdir), log=_quiet)
+  results = json.loads((workdir / "results.json").read_text())
+  check = results["bound_check"]
+  assert check["applicable"] and "not checked" in check["statement"]
+  assert [t["tau"] for t in check["per_tau"]] == [2.0]
+  good = results["members"][1]
+  assert check["num_checks"] == len(good["history"]["slack"]) == 1
+  assert check["min_slack"] == min(good["history"]["slack"])
+  lines = (workdir / "results.md").read_text().splitlines()
+  (row0,) = [r for r in lines if r.startswith("| 0 |")]
+  (row2,) = [r for r in lines if r.startswith("| 2 |")]
+  assert row0.endswith("| 1 of 1 | — | — |")
+  assert "| 0 of 1 | 1/1 hold |" in row2
+  assert (workdir / "bound_check.png").stat().st_size > 0
 
 
 def test_config_typo_is_one_line_exit_2_and_help_lists_presets(tmp_path):

@@ -1,10 +1,13 @@
-"""Subprocess helper for the SIGKILL resume test (tests/test_training_loop.py).
+"""Subprocess helper for the SIGKILL resume tests (tests/test_training_loop.py,
+tests/test_checkpoint_damage.py).
 
 Trains a small MLP on digits with :func:`compsum_jax.training.fit`
 into ``--workdir`` (resuming from it if it holds checkpoints) and writes the
 final TrainState's leaves to ``<workdir>/final_state.npz`` (plain arrays).
 ``--sleep`` slows each host batch down so the test can kill the process
-mid-training.
+mid-training. ``--hang_in_deletion=FILE`` makes orbax's first deletion of an
+old checkpoint stop halfway and hang (this process only; the library is not
+changed), so the test can SIGKILL it at exactly that moment.
 """
 
 import argparse
@@ -19,12 +22,43 @@ from compsum_jax import data, models, training
 BATCH_SIZE = 64
 
 
+def hang_in_first_deletion(ready_file: str) -> None:
+  """Patches orbax's deleter so that its first deletion stops halfway.
+
+  The patched ``PathDeleter.delete`` unlinks the files of the step directory
+  in the order of orbax's own deleter (the directory's files, then each
+  subdirectory's, depth first; directories are removed only at the end),
+  stops after half of them, writes the step directory's path to
+  ``ready_file`` (atomically) and sleeps until the process is killed.
+  """
+  from orbax.checkpoint._src.path import deleter  # pylint: disable=g-import-not-at-top
+
+  def delete(self, path, *, destination=None, overwrite=False):
+    del self, destination, overwrite
+    files = []
+    for root, dirs, names in os.walk(str(path)):
+      dirs.sort()
+      files += [os.path.join(root, name) for name in sorted(names)]
+    for name in files[:(len(files) + 1) // 2]:
+      os.unlink(name)
+    with open(ready_file + ".tmp", "w", encoding="utf-8") as f:
+      f.write(str(path))
+    os.replace(ready_file + ".tmp", ready_file)
+    while True:  # until SIGKILL
+      time.sleep(60)
+
+  deleter.PathDeleter.delete = delete
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--epochs", type=int, default=3)
   parser.add_argument("--sleep", type=float, default=0.0)
+  parser.add_argument("--hang_in_deletion", default=None)
   args = parser.parse_args()
+  if args.hang_in_deletion:
+    hang_in_first_deletion(args.hang_in_deletion)
 
   dataset = data.load_dataset("digits", seed=0)
   # An MLP compiles in a fraction of a CNN's time on XLA:CPU; the loop logic

@@ -41,6 +41,7 @@ def _best_state(experiment, run, workdir):
   return state, meta
 
 
+@pytest.mark.slow
 def test_nu_threshold_is_logged_warns_and_changes_no_training_number(
     tmp_path):
   config = _smoke_config()

@@ -63,6 +63,7 @@ def _check_more_robust(model, seeds, epochs, train_steps, eval_attacks,
       assert np.all(robust[f"robust_{name}"] <= robust["correct"])
 
 
+@pytest.mark.slow
 def test_adversarial_training_is_more_robust_than_cross_entropy_fast():
   """3 seeds, MLP, 10 epochs, 3-step training attack; PGD-20 at test."""
   pgd20 = attacks.build_attack("trades_eval", eps=EPS, step_size=EPS / 4,

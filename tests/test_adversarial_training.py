@@ -107,6 +107,7 @@ def test_inner_attack_of_one_example_ignores_the_rest_of_the_batch():
   assert float(jnp.max(jnp.abs(x1[1:] - x2[1:]))) > 0
 
 
+@pytest.mark.slow
 def test_parameter_gradient_ignores_the_attack_path():
   """∇θ of the objective equals ∇θ of the outer loss at the (fixed) x'."""
   model = models.get_model("mlp", 10, hidden_sizes=(16,))
@@ -132,6 +133,7 @@ def test_parameter_gradient_ignores_the_attack_path():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_nu_zero_training_equals_comp_sum_training():
   """ADV-COMP-SUM with ν = 0 and ρ = 1 takes exactly the comp-sum steps."""
   model = models.get_model("mlp", 10, hidden_sizes=(16,))

@@ -81,6 +81,7 @@ def test_bad_norm_is_refused_before_any_work(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_changed_config_on_existing_workdir_is_refused(tmp_path):
   workdir = str(tmp_path / "run")
   config = _tiny_config()
@@ -129,6 +130,7 @@ def test_second_run_on_owned_workdir_exits_at_once_naming_owner(tmp_path):
         [os.path.basename(lock.path), os.path.basename(lock.path) + ".guard"])
 
 
+@pytest.mark.slow
 def test_diverged_run_exits_non_zero_with_report_and_retries_when_asked(
     tmp_path):
   workdir = tmp_path / "run"

@@ -70,6 +70,7 @@ def test_configs_hold_primitives_only():
 # benchmarks that run an experiment or reopen its workdir) and so may import
 # `experiments`; everything else uses the library.
 EXPERIMENT_CLIENTS = {
+    "benchmarks/adversarial_comparison.py",
     "benchmarks/distributed.py",
     "benchmarks/loss_comparison.py",
     "benchmarks/plan_calibration.py",

@@ -152,6 +152,7 @@ def test_cascade_worst_case_is_pointwise_minimum_of_single_attacks():
   assert np.all(np.asarray(jnp.argmax(f(x_adv), -1)) != y[broken])
 
 
+@pytest.mark.slow
 def test_gradient_masking_is_flagged():
   f = _trained_model(0)
   masked = lambda xa: f(jax.lax.stop_gradient(xa))  # zero input gradient
@@ -277,6 +278,7 @@ def test_preset_and_cascade_errors():
   assert rep.num_robust == rep.num_clean_correct
 
 
+@pytest.mark.slow
 def test_shares_with_example_offset_add_up_to_the_whole_set():
   # One process's contiguous share keeps its examples' global indices (and so
   # their attack keys): the shares' robust points are the whole set's.
@@ -301,6 +303,7 @@ def test_shares_with_example_offset_add_up_to_the_whole_set():
     attacks.robust_accuracy(f, x, y, key, example_offset=-1, **kw)
 
 
+@pytest.mark.slow
 def test_early_exit_gives_the_exhaustive_robust_set_with_less_work():
   f = _trained_model(0)
   x, y = _test_points(48)
@@ -353,6 +356,7 @@ def test_parametrised_logits_fn_gives_the_same_report_and_compiles_once():
     assert fn._cache_size() <= 2  # a full batch and one padded bucket
 
 
+@pytest.mark.slow
 def test_report_states_each_attack_configuration():
   import json
   f = _trained_model(0)

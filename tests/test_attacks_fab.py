@@ -121,6 +121,7 @@ def test_fab_t_finds_the_minimal_perturbation_of_linear_models(num_classes):
   assert np.all(z_adv.argmax(-1) != y)
 
 
+@pytest.mark.slow
 def test_fab_targeted_respects_eps_and_single_runs_compose():
   weights, bias, f = _linear_model(3, 4, 24, 1.0)
   x = (0.3 + 0.4 * np.random.default_rng(1).random((12, 24))).astype(

@@ -57,6 +57,7 @@ def _compiled_attacks(norm, loss, start):
     eps=st.floats(0.0, 0.5),
     start=st.sampled_from([True, False, "gaussian", "boundary"]),
 )
+@pytest.mark.slow
 def test_pgd_stays_in_ball_and_box(seed, norm, loss, eps, start):
   key = jax.random.key(seed)
   kx, ka = jax.random.split(key)

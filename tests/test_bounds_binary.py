@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_smoke_preset_runs_end_to_end(tmp_path, light_compile_env):
   workdir = tmp_path / "bounds"
   proc = subprocess.run(

@@ -125,6 +125,7 @@ def _corrupt(step_dir, kind):
 @pytest.mark.parametrize("kind", ["truncated_data", "zeroed_block",
                                   "empty_metadata", "truncated_meta_json",
                                   "missing_state"])
+@pytest.mark.slow
 def test_corrupted_newest_falls_back_to_previous(tmp_path, kind):
   directory = tmp_path / "checkpoints"
   saved = _save_steps(directory, [1, 2, 3])
@@ -154,6 +155,7 @@ def test_corrupted_newest_falls_back_to_previous(tmp_path, kind):
     store.close()
 
 
+@pytest.mark.slow
 def test_no_loadable_checkpoint_raises_naming_paths_and_moves_nothing(
     tmp_path):
   directory = tmp_path / "checkpoints"
@@ -187,6 +189,7 @@ def _train_script(workdir, *extra):
           "--workdir", str(workdir), "--epochs", "2", *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_while_orbax_deletes_a_step_then_resume_is_exact(tmp_path):
   """kill -9 in the middle of orbax's deletion of an old checkpoint (the
   child's deleter stops halfway and hangs: a deterministic moment), then the

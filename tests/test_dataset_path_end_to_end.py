@@ -92,6 +92,7 @@ def _config(data_dir: str):
   return config
 
 
+@pytest.mark.slow
 def test_prepared_png_dataset_trains_like_the_files_read_directly(
     tmp_path, monkeypatch):
   png_root = str(tmp_path / "png")

@@ -101,6 +101,7 @@ def loss_comparison_runs(tmp_path_factory):
   return runs
 
 
+@pytest.mark.slow
 def test_loss_comparison_two_processes_reproduce_two_devices(
     loss_comparison_runs):
   one = _results(loss_comparison_runs["one_process"])
@@ -225,6 +226,7 @@ def test_loss_comparison_batch_split_across_processes(tmp_path):
 ])
 @pytest.mark.parametrize("binary", ["loss_comparison",
                                     "adversarial_training"])
+@pytest.mark.slow
 def test_binaries_reject_bad_distributed_flags_at_once(tmp_path, binary,
                                                        flags, named):
   start = time.monotonic()

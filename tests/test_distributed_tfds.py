@@ -115,6 +115,7 @@ def _padded_rows_read(num_examples: int, batch_size: int, process: int,
   return total
 
 
+@pytest.mark.slow
 def test_loss_comparison_two_processes_read_only_their_records(tmp_path,
                                                                data_dir):
   config = script.loss_comparison_config(data_dir)

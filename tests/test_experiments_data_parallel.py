@@ -3,9 +3,12 @@
 import json
 import pathlib
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_experiments_are_data_parallel_over_every_device(
     run_on_fake_cpu_devices):
   proc = run_on_fake_cpu_devices(

@@ -79,6 +79,7 @@ def test_training_attack_steps_come_from_the_resolved_attack():
     exp_planning.attack_steps({"attack": "square", "num_queries": 10})
 
 
+@pytest.mark.slow
 def test_loss_comparison_plan_of_an_mlp_sweep(tmp_path):
   config = _mlp_smoke()
   config.sweep_mode = "vmap"
@@ -142,6 +143,7 @@ def test_attack_steps_add_two_forward_passes_each():
   assert five - two == 3 * 2 * forward
 
 
+@pytest.mark.slow
 def test_adversarial_plan_of_the_smoke_preset(tmp_path):
   # Every method of the registry is planned from its declared passes; only
   # the costliest step is compiled (its memory bounds every run).
@@ -175,6 +177,7 @@ def test_unknown_experiment_is_rejected(tmp_path):
     exp_planning.plan(_mlp_smoke(), str(tmp_path), "bounds")
 
 
+@pytest.mark.slow
 def test_dry_run_flag_plans_and_does_not_train(tmp_path):
   workdir = tmp_path / "w"
   proc = subprocess.run(

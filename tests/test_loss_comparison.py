@@ -95,6 +95,7 @@ except ValueError as error:
 """
 
 
+@pytest.mark.slow
 def test_cpu_devices_creates_host_devices_before_jax_starts():
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu",
@@ -131,6 +132,7 @@ def test_member_grid_is_tau_major_with_shared_seeds():
   assert [m.index for m in members] == list(range(6))
 
 
+@pytest.mark.slow
 def test_init_states_equal_init_train_state():
   config = presets.get_config("smoke")
   dataset = common.load_data(config)
@@ -214,6 +216,7 @@ def _plain_optax_ce_params(sweep, seed):
 
 
 @pytest.mark.parametrize("mode", ["vmap", "sequential"])
+@pytest.mark.slow
 def test_tau_one_equals_plain_optax_cross_entropy(mode, tmp_path):
   # vmap: τ = 1 is member 0 of a 2-member vmapped run (with τ = 2).
   taus = (1.0, 2.0) if mode == "vmap" else (1.0,)
@@ -293,6 +296,7 @@ def test_smoke_statistics_are_mean_and_std_over_seeds(smoke_run):
   assert epochs == list(range(1, config.num_epochs + 1))
 
 
+@pytest.mark.slow
 def test_smoke_accuracy_matches_direct_model_apply(smoke_run):
   config, workdir, results, _ = smoke_run
   sweep = lib.build_sweep(config)
@@ -314,6 +318,7 @@ def test_smoke_accuracy_matches_direct_model_apply(smoke_run):
 # ---------------------------------------------------- synthetic bound check
 
 
+@pytest.mark.slow
 def test_synthetic_bound_holds_at_every_checkpoint(tmp_path):
   config = presets.get_config("synthetic_smoke")
   results, paths = lib.run(config, str(tmp_path), log=lambda s: None)
@@ -335,6 +340,7 @@ def test_synthetic_bound_holds_at_every_checkpoint(tmp_path):
   assert os.path.getsize(paths["bound_plot"]) > 0
 
 
+@pytest.mark.slow
 def test_auto_mode_falls_back_to_sequential_on_out_of_memory(tmp_path,
                                                              monkeypatch):
   original = lib.train_group
@@ -375,6 +381,7 @@ def test_auto_mode_falls_back_to_sequential_on_out_of_memory(tmp_path,
   assert calls == [(2, True)]
 
 
+@pytest.mark.slow
 def test_resume_ignores_bookkeeping_fields_but_not_the_experiment(smoke_run,
                                                                   tmp_path):
   config, original, first, _ = smoke_run
@@ -404,6 +411,7 @@ def test_paper_scale_preset_fails_fast_without_prepared_data(tmp_path):
   assert not (tmp_path / "run").exists()  # a failed start leaves no dir
 
 
+@pytest.mark.slow
 def test_cifar10_preset_runs_on_mock_tfds_data(tmp_path):
   """The tfds path, augmentation and sequential mode, on tfds mock records."""
   tfds = pytest.importorskip("tensorflow_datasets")
@@ -542,6 +550,7 @@ def test_mean_and_std_is_the_sample_std():
   assert common.mean_and_std([0.5]) == (0.5, 0.0)
 
 
+@pytest.mark.slow
 def test_report_rerenders_a_finished_workdir(smoke_run, tmp_path):
   _, original, results, _ = smoke_run
   workdir = tmp_path / "copy"

@@ -73,6 +73,7 @@ def _metrics_file(workdir):
   return path
 
 
+@pytest.mark.slow
 def test_whole_history_is_reported_complete(reference):
   _, results = reference
   (check,) = results["history_check"]
@@ -142,6 +143,7 @@ def test_lost_epoch_is_listed_missing_not_reported_as_final(reference,
     assert got["history"]["epoch"] == [2]
 
 
+@pytest.mark.slow
 def test_corrupted_final_checkpoint_resumes_from_previous(reference,
                                                           tmp_path):
   workdir = _copy(reference, tmp_path)
@@ -250,6 +252,7 @@ def test_diverged_group_is_reported_failed_and_exits_1(
   # (--retry_diverged: test_retry_diverged_resumes_from_last_good_checkpoint)
 
 
+@pytest.mark.slow
 def test_retry_diverged_resumes_from_last_good_checkpoint(reference, tmp_path,
                                                          monkeypatch):
   """A group that diverges in epoch 2 (NaN inputs injected into one batch of
@@ -357,6 +360,7 @@ def test_bound_check_of_a_partly_diverged_sweep_covers_finished_members(
   assert (workdir / "bound_check.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_config_typo_is_one_line_exit_2_and_help_lists_presets(tmp_path):
   out = _binary(tmp_path, *SMOKE, "--config.tauss=1",
                 f"--workdir={tmp_path / 'run'}")
@@ -406,6 +410,7 @@ def test_two_real_binaries_on_one_workdir(tmp_path):
   assert shared_results["members"] == lone_results["members"]
 
 
+@pytest.mark.slow
 def test_full_disk_during_the_run_is_one_line_exit_1(tmp_path, monkeypatch,
                                                      capsys):
   """An injected ENOSPC from training reaches the binary's error handling

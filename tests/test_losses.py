@@ -150,6 +150,7 @@ def test_continuity_across_tau_one():
 
 
 @pytest.mark.parametrize("tau", [1.0, 1.0 - 1e-7, 1.0 + 1e-7, 1.0 - 1e-3])
+@pytest.mark.slow
 def test_gradients_finite_and_continuous_at_tau_one(tau):
   logits, labels = _random_problem(7, scale=5.0)
   l32 = jnp.asarray(logits, jnp.float32)
@@ -193,6 +194,7 @@ def _extreme_logits(seed):
 
 
 @pytest.mark.parametrize("tau", [1.0, 1.5, 2.0, 3.0])
+@pytest.mark.slow
 def test_extreme_logits_finite_values_and_gradients(tau):
   logits, labels = _extreme_logits(0)
   f = lambda lg: jnp.sum(losses.comp_sum_loss(lg, labels, tau))
@@ -238,6 +240,7 @@ def test_extreme_logits_tau_below_one_inf_only_on_overflow(tau):
 # --- transformations ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_jit_vmap_grad_agree_with_plain_call():
   logits, labels = _random_problem(9, batch=8, n=6)
   l32 = jnp.asarray(logits, jnp.float32)
@@ -284,6 +287,7 @@ _logit_rows = hnp.arrays(
 @settings(max_examples=60, deadline=None)
 @given(_logit_rows, st.data(), st.floats(0.0, 5.0), st.floats(0.0, 5.0),
        st.floats(-50, 50))
+@pytest.mark.slow
 def test_properties(logits, data, tau_a, tau_b, shift):
   n = logits.shape[1]
   labels = np.asarray(data.draw(hnp.arrays(np.int64, logits.shape[0],
@@ -346,6 +350,7 @@ def test_shape_errors_raise_under_jit():
     jax.jit(losses.margin)(jnp.zeros((4, 1)), jnp.zeros((4,), jnp.int32))
 
 
+@pytest.mark.slow
 def test_runtime_checks_under_jit():
   checked = jax.jit(validation.with_runtime_checks(losses.comp_sum_loss))
   logits = jnp.zeros((2, 3))

@@ -88,6 +88,7 @@ def _numpy_init(model, x, seed: int = 0):
     ("wide_resnet", {"depth": 10, "width": 1, "activation": "swish"},
      (8, 8, 3), True),
 ])
+@pytest.mark.slow
 def test_forward_shapes_dtypes_and_collections(name, kwargs, shape, has_bn):
   model = models.get_model(name, 7, **kwargs)
   x = jax.random.uniform(jax.random.key(1), (3,) + shape)
@@ -108,6 +109,7 @@ def test_forward_shapes_dtypes_and_collections(name, kwargs, shape, has_bn):
     np.testing.assert_array_equal(apply(variables, x, train=True), logits)
 
 
+@pytest.mark.slow
 def test_batch_norm_train_mode_uses_batch_statistics():
   model = models.get_model("cnn", 3, use_batch_norm=True)
   x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
@@ -122,6 +124,7 @@ def test_batch_norm_train_mode_uses_batch_statistics():
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mlp_matches_numpy_forward_with_normalisation():
   mean, std = (0.3,), (0.2,)
   model = models.get_model("mlp", 4, hidden_sizes=(6, 5), mean=mean, std=std,
@@ -139,6 +142,7 @@ def test_mlp_matches_numpy_forward_with_normalisation():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_per_channel_normalisation_is_inside_the_model():
   mean, std = (0.1, 0.5, 0.9), (0.2, 0.3, 0.4)
   x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
@@ -167,6 +171,7 @@ def test_cnn_uses_strided_convolutions_not_max_pool():
   assert "reduce_window" not in jaxpr and "select_and_scatter" not in jaxpr
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_gives_float32_logits_close_to_float32():
   x = jax.random.uniform(jax.random.key(0), (4, 16, 16, 3))
   f32 = models.get_model("cnn", 10, use_batch_norm=True)
@@ -189,6 +194,7 @@ def test_bfloat16_compute_gives_float32_logits_close_to_float32():
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.slow
 def test_relu_and_swish_differ(name):
   x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
   relu = models.get_model(name, 10)

@@ -80,6 +80,7 @@ def test_unbatched_gradients_equal_lax(strides, padding, window):
 
 @pytest.mark.parametrize("strides,padding,window", CASES)
 @pytest.mark.parametrize("in_axes", [(0, 0), (None, 0), (0, None)])
+@pytest.mark.slow
 def test_vmapped_value_and_gradients_equal_lax(strides, padding, window,
                                                in_axes):
   """The member path (both batched) and the fallbacks give lax's numbers."""
@@ -105,6 +106,7 @@ def test_vmapped_value_and_gradients_equal_lax(strides, padding, window,
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradients_match_finite_differences():
   rs = np.random.RandomState(2)
   x = jnp.asarray(rs.randn(2, 1, 5, 5, 2), jnp.float32)
@@ -118,6 +120,7 @@ def test_gradients_match_finite_differences():
                             atol=5e-2, rtol=5e-2)
 
 
+@pytest.mark.slow
 def test_nested_vmap_and_second_order_gradient():
   rs = np.random.RandomState(3)
   x = jnp.asarray(rs.randn(2, 3, 4, 6, 6, 2).astype(np.float32))
@@ -154,6 +157,7 @@ def test_unsupported_configurations_fall_back_to_lax():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cnn_with_and_without_member_conv_agree_for_stacked_members():
   """CNN(member_conv=True) is CNN(member_conv=False) up to float order."""
   kwargs = dict(features=(8, 16), strides=(1, 2), hidden_size=16,

@@ -19,6 +19,7 @@ def test_readme_has_python_examples():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
+@pytest.mark.slow
 def test_readme_python_example_runs(index, light_compile_env):
   proc = subprocess.run([sys.executable, "-c", BLOCKS[index]], cwd=REPO,
                         capture_output=True, text=True, timeout=300,

@@ -94,6 +94,7 @@ def _leaves(state):
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
 
 
+@pytest.mark.slow
 def test_final_metrics_come_from_the_final_checkpoint(finished, run):
   workdir, result = finished
   # Independent recomputation: evaluate the returned final state again.
@@ -110,6 +111,7 @@ def test_final_metrics_come_from_the_final_checkpoint(finished, run):
   assert [r["epoch"] for r in check.records] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_lost_last_lines_are_reported_and_final_still_from_state(copy, run):
   workdir, result = copy
   path = workdir / metrics_lib.METRICS_FILE
@@ -133,6 +135,7 @@ def test_lost_last_lines_are_reported_and_final_still_from_state(copy, run):
   assert again.final_metrics == result.final_metrics
 
 
+@pytest.mark.slow
 def test_deleted_and_truncated_history_reported_and_rebuilt(copy, run):
   workdir, result = copy
   path = workdir / metrics_lib.METRICS_FILE
@@ -173,6 +176,7 @@ def test_unfinished_run_is_not_summarised(tmp_path):
   assert any("not finished" in p for p in check.problems)
 
 
+@pytest.mark.slow
 def test_corrupted_final_checkpoint_resumes_with_identical_results(copy,
                                                                     run):
   workdir, result = copy
@@ -223,6 +227,7 @@ def tiny_tmpfs(tmp_path):
                  timeout=30)
 
 
+@pytest.mark.slow
 def test_full_tmpfs_is_reported_as_full_disk(tiny_tmpfs):
   big = _Run(hidden=(512, 512))  # ~0.3M params: checkpoints exceed 1 MiB
   workdir = tiny_tmpfs / "run"

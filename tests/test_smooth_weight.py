@@ -61,6 +61,7 @@ def _closed_form_gap(w, b, x, y) -> float:
 
 @pytest.mark.parametrize("tau,norm", [(0.5, "linf"), (1.5, "linf"),
                                       (1.0, "l2")])
+@pytest.mark.slow
 def test_threshold_matches_closed_form_on_rank_one_linear_model(tau, norm):
   w, b, x, y = _linear_problem(10, rank_one=True)
   c, u = w[:, 0] / w[0, 0], w[0] / 1.0  # w = c uᵀ with c_0 = 1
@@ -83,6 +84,7 @@ def test_threshold_matches_closed_form_on_rank_one_linear_model(tau, norm):
   assert result.num_classes == 10
 
 
+@pytest.mark.slow
 def test_threshold_matches_closed_form_on_two_class_linear_model():
   w, b, x, y = _linear_problem(2, rank_one=False)
   diff = w[1 - y] - w[y]  # [B, d]: v = (w_{1−y} − w_y)·δ in one entry
@@ -106,6 +108,7 @@ def rank_one_results():
 
 @pytest.mark.parametrize("tau", [0.5, 1.0, 1.5])
 @pytest.mark.parametrize("rho", [1.0, 2.5])
+@pytest.mark.slow
 def test_path_values_and_slope_at_zero(rank_one_results, tau, rho):
   result = rank_one_results[tau]
   nu = 0.7 * result.nu_threshold
@@ -135,6 +138,7 @@ def test_path_values_and_slope_at_zero(rank_one_results, tau, rho):
 
 
 @pytest.mark.parametrize("tau", [0.5, 1.0])
+@pytest.mark.slow
 def test_constant_classifier_wins_exactly_above_threshold_for_tau_le_1(
     rank_one_results, tau):
   result = rank_one_results[tau]
@@ -178,6 +182,7 @@ def test_threshold_limits_without_smooth_term():
   assert smooth_weight.nu_threshold_value(3, 1.0, 0.0, 0.0) == 0.0
 
 
+@pytest.mark.slow
 def test_bad_input_raises_clear_errors():
   w, b, x, y = _linear_problem(3, rank_one=False)
   fn, key = _logits_fn(w, b), jax.random.key(0)

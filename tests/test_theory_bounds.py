@@ -59,6 +59,7 @@ def test_transform_closed_forms():
 
 @pytest.mark.parametrize("tau", TAUS)
 @pytest.mark.parametrize("n", [2, 10, 100])
+@pytest.mark.slow
 def test_inverse_of_transform_is_identity(tau, n):
   ts = np.concatenate([np.geomspace(1e-9, 1e-2, 15), np.linspace(0.02, 1, 40)])
   s = theory.transform(ts, tau, n)
@@ -66,6 +67,7 @@ def test_inverse_of_transform_is_identity(tau, n):
   np.testing.assert_allclose(back, ts, rtol=1e-7)
 
 
+@pytest.mark.slow
 def test_inverse_transform_closed_forms_and_saturation():
   s = np.linspace(0, 2, 41)
   np.testing.assert_allclose(theory.inverse_transform(s, 0.0, 10),
@@ -78,6 +80,7 @@ def test_inverse_transform_closed_forms_and_saturation():
   assert float(theory.inverse_transform(t1 * 1.5, 1.0, 3)) == 1.0
 
 
+@pytest.mark.slow
 def test_inverse_transform_sqrt_upper_bound_for_tau_le_1():
   # docs/math.md (6.6): Γ_τ(s) ≤ sqrt(2^τ (2−τ) s) for τ ∈ [0, 1].
   s = np.geomspace(1e-8, 0.5, 60)
@@ -96,6 +99,7 @@ def test_transform_continuous_in_tau(pivot):
       np.testing.assert_allclose(near, at, rtol=50 * eps + 1e-12, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_transform_vmaps_over_tau_and_matches_scalar_calls():
   taus = jnp.asarray(TAUS)
   got = jax.jit(jax.vmap(lambda tau: theory.transform(0.3, tau, 10)))(taus)
@@ -117,6 +121,7 @@ def test_transform_is_increasing_and_convex(t1, t2, tau, n):
   assert f(0.5 * (lo + hi)) <= 0.5 * (f(lo) + f(hi)) + 1e-14
 
 
+@pytest.mark.slow
 def test_zero_one_bound_adds_and_subtracts_gaps():
   got = theory.zero_one_bound(0.01, 1.0, 10, surrogate_gap=0.02,
                               zero_one_gap=0.05)

@@ -38,6 +38,7 @@ def _np_slack(scores, probs, tau):
   return regret - t_val
 
 
+@pytest.mark.slow
 def test_bound_slack_matches_numpy_on_moderate_inputs():
   rng = np.random.default_rng(0)
   scores = rng.normal(size=(200, 4))
@@ -56,6 +57,7 @@ def test_pointwise_bound_holds_on_1e5_random_pairs(n):
     assert float(result.min_slack) >= -1e-12, (tau, n, result)
 
 
+@pytest.mark.slow
 def test_random_pairs_are_valid_probabilities_and_finite_scores():
   scores, probs = theory.random_pairs(jax.random.key(1), 1000, 7, 0.5,
                                       jnp.float64)
@@ -66,6 +68,7 @@ def test_random_pairs_are_valid_probabilities_and_finite_scores():
 
 
 @pytest.mark.parametrize("n", [2, 3, 10])
+@pytest.mark.slow
 def test_pointwise_bound_holds_on_adversarially_searched_pairs(n):
   for i, tau in enumerate(VERIFY_TAUS):
     result = theory.adversarial_slack_search(
@@ -78,6 +81,7 @@ def test_pointwise_bound_holds_on_adversarially_searched_pairs(n):
       assert float(result.min_slack) <= 1e-4, (tau, n, result)
 
 
+@pytest.mark.slow
 def test_adversarial_search_finds_violations_of_a_wrong_bound():
   # Sanity check of the search: a bound 10% steeper than T_1 is violated.
   probs = theory.constrained_probs({"z": jnp.zeros(0)}, jnp.asarray(0.3))
@@ -92,6 +96,7 @@ TS = np.asarray([0.02, 0.1, 0.3, 0.6, 0.9, 1.0])
                                     (0.0, 10), (0.5, 10), (1.0, 10),
                                     (1.25, 2), (1.5, 2), (1.75, 2),
                                     (2.0, 2)])
+@pytest.mark.slow
 def test_tightness_ratio_reaches_099(tau, n):
   ratios = np.asarray(theory.tightness_curve(tau, n, TS, num_starts=12,
                                              num_steps=250))

@@ -68,6 +68,7 @@ def _scipy_box_min(p, tau, bound, rng, starts=8):
 
 
 @pytest.mark.parametrize("tau", TAUS)
+@pytest.mark.slow
 def test_complete_best_risk_matches_scipy_simplex_optimum(tau):
   rng = np.random.default_rng(int(tau * 10))
   for n in [2, 3, 6]:
@@ -109,6 +110,7 @@ def test_complete_best_risk_handles_zero_probabilities():
 
 
 @pytest.mark.parametrize("tau", TAUS)
+@pytest.mark.slow
 def test_bounded_best_risk_matches_scipy_box_multistart(tau):
   rng = np.random.default_rng(100 + int(10 * tau))
   for n, bound in [(2, 0.3), (3, 1.0), (5, 0.5), (5, 2.0), (8, 1.5)]:
@@ -126,6 +128,7 @@ def test_bounded_best_risk_matches_scipy_box_multistart(tau):
 
 
 @pytest.mark.parametrize("n", [2, 5])
+@pytest.mark.slow
 def test_frank_wolfe_gap_bounds_the_suboptimality_of_any_point(n):
   rng = np.random.default_rng(7 + n)
   m = 300
@@ -143,6 +146,7 @@ def test_frank_wolfe_gap_bounds_the_suboptimality_of_any_point(n):
   assert np.all(risks - np.asarray(exact.value) <= np.asarray(gap) + 1e-10)
 
 
+@pytest.mark.slow
 def test_bounded_is_above_complete_and_converges_as_bound_grows():
   rng = np.random.default_rng(3)
   bounds_grid = [0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
@@ -158,6 +162,7 @@ def test_bounded_is_above_complete_and_converges_as_bound_grows():
     assert values[-1] == pytest.approx(complete, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_deterministic_closed_form_matches_solver():
   for n in [2, 3, 10]:
     for tau in TAUS:
@@ -186,6 +191,7 @@ def _best_risk_over_tau_grid(p, bound):
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.sampled_from([2, 3, 6]),
        bound=st.sampled_from([0.2, 1.0, 3.0]))
+@pytest.mark.slow
 def test_best_risk_is_non_increasing_in_tau(seed, n, bound):
   p = np.random.default_rng(seed).dirichlet(np.ones(n) * 0.5)
   p = p / p.sum()
@@ -193,6 +199,7 @@ def test_best_risk_is_non_increasing_in_tau(seed, n, bound):
     assert np.all(np.diff(np.asarray(values)) <= 1e-10)
 
 
+@pytest.mark.slow
 def test_vmap_over_probs_tau_and_bound_together():
   rng = np.random.default_rng(11)
   m, n = 24, 6
@@ -213,6 +220,7 @@ def test_vmap_over_probs_tau_and_bound_together():
       theory.best_conditional_risk(probs, taus, bounds_), loop, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_generic_projected_gradient_agrees_with_exact_solver():
   rng = np.random.default_rng(5)
   m, n = 16, 5
@@ -233,6 +241,7 @@ def test_generic_projected_gradient_agrees_with_exact_solver():
                              atol=1e-9)
 
 
+@pytest.mark.slow
 def test_new_family_through_projection_only_matches_scipy():
   # L2BallFamily (linear scorers with a norm bound) only defines the
   # projection; the generic solver gives C* (global for τ ≤ 1: convex).
@@ -265,6 +274,7 @@ def test_new_family_through_projection_only_matches_scipy():
         probs[i], taus[i])) - 1e-12
 
 
+@pytest.mark.slow
 def test_predicted_class_candidates_match_scipy_constrained_minimum():
   # inf{C_τ(s, p) : s_1 ≥ s_j} by SLSQP on the simplex with q_1 ≥ q_j.
   rng = np.random.default_rng(9)
@@ -342,6 +352,7 @@ def test_bad_input_raises_value_error(call, match):
     call()
 
 
+@pytest.mark.slow
 def test_large_batches_solved_in_chunks_equal_per_point_solves():
   """Batches above the CPU chunk size (lax.map path) give the vmapped values,
   minimisers and certificates, for a 2-D batch shape that is no multiple of
@@ -364,6 +375,7 @@ def test_large_batches_solved_in_chunks_equal_per_point_solves():
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 10, 16])
+@pytest.mark.slow
 def test_pruned_candidate_set_equals_the_full_enumeration(n):
   """The solver evaluates the risk of the two-level candidates and the few
   mixed ones closest to the optimality conditions only; it must find the

@@ -163,6 +163,7 @@ def test_inverse_transform_repro():
 
 @pytest.mark.parametrize("n", [2, 10])
 @pytest.mark.parametrize("tau", TAUS)
+@pytest.mark.slow
 def test_inverse_transform_tau_derivative(tau, n):
   """dΓ/dτ = −∂_τT/∂_tT against finite differences of Γ in τ."""
   h, kind = _tau_step_and_kind(tau, n)
@@ -178,6 +179,7 @@ def test_inverse_transform_tau_derivative(tau, n):
 
 
 @pytest.mark.parametrize("tau", TAUS)
+@pytest.mark.slow
 def test_inverse_transform_derivatives_at_the_ends(tau):
   """s = 0: dΓ/ds = 1/T'(0) (+inf for τ < 2), dΓ/dτ = 0; capped: both 0."""
   n = 10
@@ -199,6 +201,7 @@ def _simplex_direction(n, rng):
 
 @pytest.mark.parametrize("tau", TAUS)
 @pytest.mark.parametrize("bound", [0.1, 1.0, 3.0])
+@pytest.mark.slow
 def test_score_bounded_best_risk_gradients(tau, bound):
   """Envelope-theorem gradients of C*(p, τ, Λ) against finite differences."""
   rng = np.random.default_rng(int(tau * 1e6) + int(bound * 10))
@@ -237,6 +240,7 @@ def test_score_bounded_gradient_repro_and_zero_probability():
   assert float(jnp.dot(grad, direction)) == pytest.approx(fd, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_gradients_through_vmap_and_jit():
   taus = jnp.array([0.0, 0.7, 1.0, 1.6, 2.5])
   f = jax.jit(jax.vmap(jax.grad(

@@ -58,6 +58,7 @@ def np_bound_sides(logits, probs, tau):
   return zero_one, surrogate
 
 
+@pytest.mark.slow
 def test_member_bound_sides_match_numpy_closed_forms():
   rs = np.random.RandomState(0)
   taus = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
@@ -91,6 +92,7 @@ def test_bound_check_at_the_bayes_scores_is_tight_at_zero():
 
 
 
+@pytest.mark.slow
 def test_member_bound_sides_vmapped_equals_one_member_at_a_time():
   rs = np.random.RandomState(2)
   taus = (0.0, 1.0, 1.7)

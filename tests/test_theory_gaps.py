@@ -30,6 +30,7 @@ def _deterministic_sample(rng, m, n):
   return labels, np.eye(n)[labels]
 
 
+@pytest.mark.slow
 def test_constant_scorer_family_gap_matches_scipy_and_is_monotone_in_tau():
   # H = {x ↦ s : s ∈ [−Λ, Λ]^n} (constant scores): with deterministic labels
   # R*_τ(H) = min_s (1/m) Σ_i ℓ_τ(s, y_i), found here by SciPy multi-start;
@@ -63,6 +64,7 @@ def test_constant_scorer_family_gap_matches_scipy_and_is_monotone_in_tau():
     assert np.all(np.diff(gaps) <= 1e-12), gaps
 
 
+@pytest.mark.slow
 def test_pointwise_best_risk_weighted_mean():
   rng = np.random.default_rng(1)
   probs = rng.dirichlet(np.ones(5), size=30)

@@ -170,6 +170,7 @@ def test_two_processes_reproduce_one_process_with_two_devices(
     assert json.load(f)[-1]["process_count"] == 2
 
 
+@pytest.mark.slow
 def test_member_groups_across_processes_equal_one_device_members(
     tmp_path, processes):
   split = str(tmp_path / "split")
@@ -189,6 +190,7 @@ def test_member_groups_across_processes_equal_one_device_members(
   assert len(meta_split["eval"]["test_correct"]) == 2
 
 
+@pytest.mark.slow
 def test_sigkill_one_process_then_relaunch_resumes(two_device_runs,
                                                     processes):
   root, _, uninterrupted = two_device_runs
@@ -254,6 +256,7 @@ def test_bad_flags_fail_at_once_naming_the_value(flags, named):
   assert time.monotonic() - start < 120
 
 
+@pytest.mark.slow
 def test_mismatched_num_processes_fails_naming_both_values(tmp_path,
                                                            processes):
   port = _free_port()

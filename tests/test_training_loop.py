@@ -46,6 +46,7 @@ def _read_event_scalars(directory):
   return scalars
 
 
+@pytest.mark.slow
 def test_fit_on_digits_exceeds_90_percent_and_keeps_records(tmp_path):
   dataset = data.load_dataset("digits", seed=0)
   model = models.get_model("cnn", dataset.num_classes, features=(16, 32),
@@ -167,6 +168,7 @@ def _script(workdir, sleep):
           "--workdir", str(workdir), "--epochs", "3", "--sleep", str(sleep)]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   killed_dir, reference_dir = tmp_path / "killed", tmp_path / "reference"

@@ -256,6 +256,7 @@ def _max_tree_diff(a, b):
 
 
 @pytest.mark.parametrize("optimizer_name", ["sgd", "adamw"])
+@pytest.mark.slow
 def test_vmapped_members_equal_separate_runs(optimizer_name):
   rs = np.random.RandomState(5)
   model = TinyBatchNormNet()
@@ -297,6 +298,7 @@ def test_vmapped_members_equal_separate_runs(optimizer_name):
                         training.unstack_states(members)[1].params) > 1e-3
 
 
+@pytest.mark.slow
 def test_four_fake_devices_match_one_device(run_on_fake_cpu_devices):
   proc = run_on_fake_cpu_devices(
       [str(REPO / "tests" / "train_mesh_script.py")], timeout=300)
@@ -479,6 +481,7 @@ print("done", int(state.step), float(metrics["loss"]))
 """
 
 
+@pytest.mark.slow
 def test_many_async_steps_on_fake_cpu_devices_do_not_deadlock(
     run_on_fake_cpu_devices):
   """Without the per-step wait, XLA:CPU's all-reduce deadlocked here (abort

@@ -100,14 +100,8 @@ def main() -> None:
         hparams={"tau": tau, "nu": float(config.adv_comp_sum.nu),
                  "rho": float(config.adv_comp_sum.rho)},
         ema=float(config.ema_decay) > 0)
-    store = training.CheckpointStore(
-        os.path.join(run_dir, training.loop.CHECKPOINT_DIR),
-        best_metric="val_robust_accuracy")
-    try:
-      step = store.best_step()
-      state, meta = store.restore(state, step)
-    finally:
-      store.close()
+    state, step, meta = training.restore_best_checkpoint(
+        run_dir, state, "val_robust_accuracy")
     params = state.ema_params if float(config.ema_decay) > 0 else state.params
 
     result = smooth_weight.smooth_term_weight_threshold(

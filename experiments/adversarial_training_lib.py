@@ -459,14 +459,8 @@ def train_and_evaluate(experiment: Experiment, run: PlannedRun, workdir: str,
     record.update(status="nonfinite", error=str(e))
     _write_run_result(final_path, record)
     return record
-  store = training.CheckpointStore(
-      os.path.join(workdir, training.loop.CHECKPOINT_DIR),
-      best_metric="val_robust_accuracy")
-  try:  # every process takes part in the restore
-    best_step = store.best_step()
-    best_state, meta = store.restore(result.state, best_step)
-  finally:
-    store.close()
+  best_state, best_step, meta = training.restore_best_checkpoint(
+      workdir, result.state, "val_robust_accuracy")
   record.update(best_step=best_step, best_epoch=meta.get("epoch"),
                 final_step=result.step, val=meta.get("metrics") or {},
                 final_metrics=result.final_metrics)

@@ -1,7 +1,6 @@
 """ν*(h) logged at every evaluation of ADV-COMP-SUM runs (smoke preset)."""
 
 import dataclasses
-import os
 import warnings
 
 import jax
@@ -30,14 +29,8 @@ def _best_state(experiment, run, workdir):
       input_shape=experiment.dataset.input_shape,
       hparams=lib.run_hparams(experiment.config, run),
       ema=experiment.use_ema)
-  store = training.CheckpointStore(
-      os.path.join(workdir, training.loop.CHECKPOINT_DIR),
-      best_metric="val_robust_accuracy")
-  try:
-    step = store.best_step()
-    state, meta = store.restore(template, step)
-  finally:
-    store.close()
+  state, _, meta = training.restore_best_checkpoint(
+      workdir, template, "val_robust_accuracy")
   return state, meta
 
 

@@ -140,6 +140,13 @@ def test_fit_on_digits_exceeds_90_percent_and_keeps_records(tmp_path):
   best_eval = evaluate_fn(best_state, None)
   recorded = [r for r in evals if r["step"] == best][0]
   assert best_eval["test_correct"] == recorded["test_correct"]
+  # The one-call helper restores the same checkpoint.
+  again, step, meta_again = training.restore_best_checkpoint(
+      workdir, fresh_state(), "test_accuracy")
+  assert step == best and meta_again == meta
+  for a, b in zip(jax.tree.leaves(again.params),
+                  jax.tree.leaves(best_state.params), strict=True):
+    np.testing.assert_array_equal(a, b)
   assert meta["metrics"]["test_accuracy"] == recorded["test_accuracy"]
 
   # A second fit on the finished workdir resumes at the end and does nothing.

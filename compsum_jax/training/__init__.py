@@ -27,7 +27,12 @@ from compsum_jax.training.history import (
     final_evaluation,
     rebuild_eval_history,
 )
-from compsum_jax.training.loop import FitResult, NonFiniteError, fit
+from compsum_jax.training.loop import (
+    FitResult,
+    NonFiniteError,
+    fit,
+    restore_best_checkpoint,
+)
 from compsum_jax.training.metrics import (
     MetricsLog,
     MetricsWriter,
@@ -112,6 +117,7 @@ __all__ = [
     "process_batch_rows",
     "read_metrics",
     "read_metrics_log",
+    "restore_best_checkpoint",
     "rebuild_eval_history",
     "replicate",
     "shard_batch",

@@ -321,6 +321,30 @@ def fit(*, workdir: str | os.PathLike, config: Any, state: TrainState,
                    final_metrics=final_metrics)
 
 
+def restore_best_checkpoint(workdir: str | os.PathLike, template: TrainState,
+                            best_metric: str
+                            ) -> tuple[TrainState, int, dict[str, Any]]:
+  """The best checkpoint of a :func:`fit` workdir (every process takes part).
+
+  Args:
+    workdir: the run's workdir (its checkpoints are in ``CHECKPOINT_DIR``).
+    template: a state of the run's structure (e.g. a fresh
+      ``init_train_state``), restored into.
+    best_metric: the metric ``fit`` ranked the checkpoints by.
+
+  Returns:
+    (state, step, metadata) of the best checkpoint.
+  """
+  store = CheckpointStore(os.path.join(workdir, CHECKPOINT_DIR),
+                          best_metric=best_metric)
+  try:
+    step = store.best_step()
+    state, meta = store.restore(template, step)
+  finally:
+    store.close()
+  return state, step, meta
+
+
 def _final_metrics(store: CheckpointStore) -> dict[str, Any] | None:
   """The evaluation stored with the final checkpoint, read back from disk."""
   latest = store.latest_step()

@@ -18,6 +18,7 @@ import sys
 import time
 
 import numpy as np
+import process_helpers
 import pytest
 
 from compsum_jax.training import distributed
@@ -44,14 +45,8 @@ def _binary(name: str, workdir: str, *flags: str) -> list[str]:
 
 def _run(command: list[str], log: str) -> None:
   """Runs ``command`` to its end; fails the test with its log if non-zero."""
-  with open(log, "w", encoding="utf-8") as out:
-    proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
-                          env=_env(), cwd=ROOT, timeout=RUN_TIMEOUT_S,
-                          check=False)
-  with open(log, encoding="utf-8") as f:
-    text = f.read()
-  assert proc.returncode == 0, f"{command} exited {proc.returncode}:\n" + (
-      text[-4000:])
+  process_helpers.run_logged(command, log, env=_env(), cwd=ROOT,
+                             timeout=RUN_TIMEOUT_S)
 
 
 def _launch_two(command: list[str], log: str) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -22,6 +21,7 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 import distributed_tfds_script as script  # noqa: E402
+import process_helpers  # noqa: E402
 from test_data_tfds import _write_prepared_dataset  # noqa: E402
 
 from compsum_jax.data import tfds_source  # noqa: E402
@@ -58,14 +58,9 @@ def data_dir(tmp_path_factory) -> str:
 
 
 def _run(command: list[str], log: str) -> None:
-  with open(log, "w", encoding="utf-8") as out:
-    proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
-                          env=_env(), cwd=ROOT, timeout=RUN_TIMEOUT_S,
-                          check=False)
-  with open(log, encoding="utf-8") as f:
-    text = f.read()
-  assert proc.returncode == 0, f"{command} exited {proc.returncode}:\n" + (
-      text[-4000:])
+  """Runs ``command`` to its end; fails the test with its log if non-zero."""
+  process_helpers.run_logged(command, log, env=_env(), cwd=ROOT,
+                             timeout=RUN_TIMEOUT_S)
 
 
 def _report(text: str) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -29,3 +30,16 @@ def assert_saved_states_equal(path_a: str | os.PathLike,
     assert sorted(a.files) == sorted(b.files) and len(a.files) > 5
     for name in a.files:
       np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def wait_for_first_checkpoint(checkpoints: str | os.PathLike,
+                              procs: Sequence[subprocess.Popen],
+                              timeout: float) -> None:
+  """Waits until ``checkpoints`` holds a step directory, failing the test if
+  ``timeout`` seconds pass or any of ``procs`` ends first."""
+  deadline = time.monotonic() + timeout
+  while not (os.path.isdir(checkpoints) and
+             any(n.isdigit() for n in os.listdir(checkpoints))):
+    assert time.monotonic() < deadline, "no checkpoint was ever written"
+    assert all(p.poll() is None for p in procs), "a process ended early"
+    time.sleep(0.2)

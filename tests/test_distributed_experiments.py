@@ -263,12 +263,8 @@ def test_loss_comparison_sigkill_one_process_then_relaunch_resumes(
   try:
     checkpoints = os.path.join(workdir, "members", "000-005-vmap",
                                "checkpoints")
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not (os.path.isdir(checkpoints) and
-               any(n.isdigit() for n in os.listdir(checkpoints))):
-      assert time.monotonic() < deadline, "no checkpoint was ever written"
-      assert all(p.poll() is None for p in procs), "a process ended early"
-      time.sleep(0.2)
+    process_helpers.wait_for_first_checkpoint(checkpoints, procs,
+                                              RUN_TIMEOUT_S)
     procs[1].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     code = procs[0].wait(timeout=RUN_TIMEOUT_S)

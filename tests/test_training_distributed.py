@@ -21,6 +21,7 @@ import time
 
 import jax
 import numpy as np
+import process_helpers
 import pytest
 
 from compsum_jax import data, training
@@ -197,12 +198,8 @@ def test_sigkill_one_process_then_relaunch_resumes(two_device_runs,
   workdir = str(root / "killed")
   procs, logs = _run_group(processes, workdir, 2, sleep=0.4)
   checkpoints = os.path.join(workdir, "checkpoints")
-  deadline = time.monotonic() + RUN_TIMEOUT_S
-  while not (os.path.isdir(checkpoints) and
-             any(n.isdigit() for n in os.listdir(checkpoints))):
-    assert time.monotonic() < deadline, "no checkpoint was ever written"
-    assert all(p.poll() is None for p in procs), "a process ended early"
-    time.sleep(0.2)
+  process_helpers.wait_for_first_checkpoint(checkpoints, procs,
+                                            RUN_TIMEOUT_S)
   procs[1].send_signal(signal.SIGKILL)
   killed_at = time.monotonic()
   code = processes.wait(procs[0], RUN_TIMEOUT_S)

@@ -414,3 +414,106 @@ def test_square_schedule_is_autoattack_standard_unless_rescaled():
   assert p(6, True) == pytest.approx(0.4)
   assert p(600, True) == pytest.approx(0.8 / 2 ** 5)
   assert p(4999, True) == pytest.approx(0.8 / 2 ** 9)
+
+
+@pytest.mark.parametrize("name,num_runs,cfg", [
+    ("apgd", 2, dict(loss="ce", num_restarts=2)),
+    ("apgd_targeted", 6, dict(num_target_classes=3, num_restarts=2)),
+    ("fab_targeted", 6, dict(num_target_classes=3, num_restarts=2)),
+])
+def test_one_run_per_example_equals_each_run_alone(name, num_runs, cfg):
+  """only_run as an array (example b makes run only_run[b]) gives, example
+  by example, what the run alone (a scalar only_run) gives: the batched
+  runs of the early-exit evaluation change nothing but the batch."""
+  rng = np.random.default_rng(2)
+  weights = rng.normal(size=(64, 10)).astype(np.float32)
+  f = lambda x: x.reshape(x.shape[0], -1) @ weights
+  x = (0.3 + 0.4 * rng.random((12, 8, 8, 1))).astype(np.float32)
+  y = np.asarray(f(x)).argmax(-1).astype(np.int32)
+  xj, yj = jnp.asarray(x), jnp.asarray(y)
+  keys = threat_model.example_keys(jax.random.key(4), len(y))
+  run_fn = {"apgd": attacks.apgd_run,
+            "apgd_targeted": attacks.apgd_targeted_run,
+            "fab_targeted": attacks.fab_targeted_run}[name]
+  kw = dict(eps=0.05, num_steps=4, **cfg)
+  runs = np.arange(len(y)) % num_runs
+  rng.shuffle(runs)
+  mixed = run_fn(f, xj, yj, keys, only_run=jnp.asarray(runs), **kw)
+  for j in range(num_runs):
+    alone = run_fn(f, xj, yj, keys, only_run=j, **kw)
+    mine = runs == j
+    np.testing.assert_allclose(np.asarray(mixed.x_adv)[mine],
+                               np.asarray(alone.x_adv)[mine], atol=1e-6)
+  with pytest.raises(ValueError, match="only_run"):
+    run_fn(f, xj, yj, keys, only_run=jnp.full(len(y), num_runs), **kw)
+  with pytest.raises(ValueError, match="only_run"):
+    run_fn(f, xj, yj, keys, only_run=jnp.zeros(3, jnp.int32), **kw)
+
+
+def test_batched_runs_give_the_one_at_a_time_outcome():
+  """Early exit with several runs sharing a batch (few points left) gives
+  the robust set, the breaking stage and the adversarial points of one run
+  at a time, and attacks each (point, run) pair at most once."""
+  f = _trained_model(0)
+  x, y = _test_points(40)
+  kw = dict(eps=EPS, run_checks=False, attacks=["apgd_ce", "apgd_t"],
+            overrides={"num_steps": 5, "num_target_classes": 4})
+  one = attacks.robust_accuracy(f, x, y, jax.random.key(5), batch_size=8,
+                                **kw)  # left > batch_size/2: one at a time
+  grouped = attacks.robust_accuracy(f, x, y, jax.random.key(5),
+                                    batch_size=256, **kw)
+  np.testing.assert_array_equal(grouped.robust, one.robust)
+  np.testing.assert_array_equal(grouped.broken_by, one.broken_by)
+  np.testing.assert_allclose(grouped.x_adv, one.x_adv, atol=1e-6)
+  t_one, t_grouped = one.stages[1], grouped.stages[1]
+  assert 0 < t_one.num_broken  # the targets break points: a real check
+  assert t_one.num_point_runs < 4 * t_one.num_attacked  # early exit
+  # Sharing a batch can only add (point, run) pairs on points broken early.
+  assert (t_one.num_point_runs <= t_grouped.num_point_runs
+          <= 4 * t_grouped.num_attacked)
+
+
+def test_chunks_split_over_two_threads_give_the_same_values():
+  """Small chunks run as two halves in two threads on a CPU host: the rows
+  come back complete and in order (padding included)."""
+  from compsum_jax.attacks import evaluation
+  calls = []
+
+  def fn(a, b):
+    calls.append(a.shape[0])
+    return jnp.asarray(a) * 2.0 + jnp.asarray(b)[:, None]
+
+  rng = np.random.default_rng(0)
+  for total in (5, 17, 40, 64, 100, 300):
+    a = rng.random((total, 3)).astype(np.float32)
+    b = rng.random(total).astype(np.float32)
+    calls.clear()
+    out = evaluation._batched(fn, [a, b], 64)
+    np.testing.assert_allclose(out, a * 2.0 + b[:, None], rtol=1e-6)
+    assert max(calls) <= 64
+    if jax.default_backend() == "cpu" and total in (40, 64):
+      assert calls == [32, 32]  # one chunk of 64 rows, in two halves
+
+
+@pytest.mark.parametrize("num_points,runs_left,batch_size", [
+    (64, 9, 512), (65, 9, 512), (5, 9, 256), (500, 9, 256), (1, 3, 8),
+    (20, 3, 32), (7, 100, 1024), (300, 2, 256)])
+def test_runs_per_batch_takes_the_fewest_padded_rows_per_run(
+    num_points, runs_left, batch_size):
+  from compsum_jax.attacks import evaluation
+
+  def padded(count):  # full batches, then the smallest bucket 2^-k·B ≥ rest
+    full, rest = divmod(count, batch_size)
+    ladder = [batch_size >> k for k in range(20)
+              if batch_size >> k >= evaluation.MIN_BUCKET] or [batch_size]
+    return full * batch_size + (min(s for s in ladder if s >= rest)
+                                if rest else 0)
+
+  g = evaluation.runs_per_batch(num_points, runs_left, batch_size)
+  assert 1 <= g <= runs_left
+  assert g == 1 or g * num_points <= batch_size
+  feasible = [h for h in range(1, runs_left + 1)
+              if h == 1 or h * num_points <= batch_size]
+  best = min(padded(h * num_points) / h for h in feasible)
+  assert padded(g * num_points) / g == best
+  assert g == max(h for h in feasible if padded(h * num_points) / h == best)

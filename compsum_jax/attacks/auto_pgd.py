@@ -206,17 +206,6 @@ def _merge(old: APGDResult, new: APGDResult) -> APGDResult:
       step_size=new.step_size)
 
 
-def _run_range(only_run: int | jax.Array | None, num_runs: int
-               ) -> tuple[int | jax.Array, int | jax.Array]:
-  """[first, last) of the runs to do: all, or the one run ``only_run``."""
-  if only_run is None:
-    return 0, num_runs
-  if isinstance(only_run, (int, np.integer)) and not 0 <= only_run < num_runs:
-    raise ValueError(f"only_run must lie in [0, {num_runs}), got "
-                     f"only_run={only_run!r}")
-  return only_run, only_run + 1
-
-
 def num_runs(num_classes: int, *, num_restarts: int = 1,
              num_target_classes: int | None = None) -> int:
   """Runs of an APGD call: R restarts, times T = min(T, n − 1) targets."""
@@ -247,6 +236,8 @@ def apgd_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   higher best loss). ``only_run=r`` (an int or a traced int32 scalar) runs
   restart r alone, exactly as it runs inside the full call: the early-exit
   evaluation calls it on the points still robust after restarts 0..r−1.
+  ``only_run`` may also be one run index per example ([B] integers): example
+  b then makes run ``only_run[b]`` alone, so several runs share one batch.
   """
   n = _check_common(logits_fn, x, labels, eps, norm, num_steps, num_restarts,
                     rho)
@@ -268,10 +259,9 @@ def apgd_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                        threat_model.fold_in_each(keys, r), eps, num_steps,
                        norm, objective, target_labels, rho)
 
-  first, last = _run_range(only_run, num_restarts)
-  result = jax.lax.fori_loop(first, last,
-                             lambda r, acc: _merge(acc, run(r)),
-                             _empty_result(x, num_steps))
+  threat_model.check_only_run(only_run, num_restarts, x.shape[0])
+  result = threat_model.runs_merged(run, _empty_result(x, num_steps), _merge, only_run,
+                 num_restarts)
   return result._replace(x_adv=jax.lax.stop_gradient(result.x_adv))
 
 
@@ -316,7 +306,8 @@ def apgd_targeted_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   """APGD-T with the full :class:`APGDResult`; see :func:`apgd_targeted`.
 
   Run j = r·T + t attacks target t with restart r; ``only_run=j`` (int or
-  traced int32 scalar) runs it alone, as inside the full call.
+  traced int32 scalar) runs it alone, as inside the full call; an array
+  ``only_run`` ([B] integers) gives example b its own run ``only_run[b]``.
   """
   n = _check_common(logits_fn, x, labels, eps, norm, num_steps, num_restarts,
                     rho)
@@ -330,16 +321,15 @@ def apgd_targeted_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   objective = objectives.get_objective("dlr_targeted")
 
   def run(j):
-    t = j % num_targets  # run j: target t, restart j // T
-    targets = jnp.take(order, t + 1, axis=-1)
+    # Run j: target t = j mod T, restart j // T (j per example or shared).
+    targets = threat_model.target_of(order, j % num_targets)
     run_keys = threat_model.fold_in_each(keys, j)
     return _single_run(logits_fn, x, labels, run_keys, eps, num_steps, norm,
                        objective, targets, rho)
 
-  first, last = _run_range(only_run, num_targets * num_restarts)
-  result = jax.lax.fori_loop(first, last,
-                             lambda j, acc: _merge(acc, run(j)),
-                             _empty_result(x, num_steps))
+  threat_model.check_only_run(only_run, num_targets * num_restarts, x.shape[0])
+  result = threat_model.runs_merged(run, _empty_result(x, num_steps), _merge, only_run,
+                 num_targets * num_restarts)
   return result._replace(x_adv=jax.lax.stop_gradient(result.x_adv))
 
 

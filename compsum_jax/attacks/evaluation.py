@@ -8,12 +8,14 @@ several separate runs (APGD restarts, APGD-T and FAB-T target classes)
 declares them (:class:`~compsum_jax.attacks.presets.Attack`), and run j
 attacks only the points that runs 0..j−1 left robust. The robust points are
 compacted on the host into batches of ``batch_size`` plus one smaller bucket
-(``batch_size``/4^k), so each attack compiles for a few shapes only. With
-``early_exit=False`` every attack makes all its runs on every clean-correct
-point (the exhaustive evaluation, same robust set). With ``run_all=True``
-every attack runs on every clean-correct point, which also gives each
-attack's own robust accuracy; the worst case is then the per-point minimum
-over the attacks.
+(``batch_size``/2^k), so each attack compiles for a few shapes only. When
+fewer than ``batch_size`` points are left, several consecutive runs share one
+batch of (point, run) pairs; a point broken by run j keeps run j's result.
+With ``early_exit=False`` every attack makes all its runs on every
+clean-correct point (the exhaustive evaluation, same robust set). With
+``run_all=True`` every attack runs on every clean-correct point, which also
+gives each attack's own robust accuracy; the worst case is then the
+per-point minimum over the attacks.
 
 An attack's randomness depends only on (key, attack name, example index):
 example i gets the key fold_in(fold_in(key, crc32(name)), i). So a point's
@@ -43,7 +45,9 @@ Sanity checks (as AutoAttack's ``checks.py``), reported and warned about:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 import time
 import warnings
 import zlib
@@ -70,6 +74,11 @@ DETERMINISM_PASSES = 3
 DETERMINISM_TOLERANCE = 1e-6
 # Smallest padded bucket of the host-side compaction.
 MIN_BUCKET = 8
+# On a CPU host, chunks of up to this many rows run as two halves in two
+# threads: one XLA:CPU program on a batch of ≤ 64 keeps about one core busy,
+# and two halves at once ran 1.4-1.5× faster on 2 cores, while from 128 rows
+# on one program is as fast (benchmarks/results/autoattack.md).
+CPU_SPLIT_MAX_ROWS = 64
 
 
 @dataclasses.dataclass
@@ -232,12 +241,46 @@ class RobustAccuracyReport:
 
 
 def bucket_size(count: int, batch_size: int) -> int:
-  """Smallest of batch_size, batch_size/4, batch_size/16, … (≥ MIN_BUCKET)
+  """Smallest of batch_size, batch_size/2, batch_size/4, … (≥ MIN_BUCKET)
   that holds ``count`` points (count ≤ batch_size)."""
   size = batch_size
-  while size // 4 >= max(count, MIN_BUCKET):
-    size //= 4
+  while size // 2 >= max(count, MIN_BUCKET):
+    size //= 2
   return size
+
+
+def padded_rows(count: int, batch_size: int) -> int:
+  """Rows that :func:`_batched` computes for ``count`` points: full batches
+  plus the last chunk padded to its bucket."""
+  full, rest = divmod(count, batch_size)
+  return full * batch_size + (bucket_size(rest, batch_size) if rest else 0)
+
+
+def runs_per_batch(num_points: int, runs_left: int, batch_size: int) -> int:
+  """How many consecutive runs of an attack share one pass over
+  ``num_points`` points: the g ≤ runs_left with g·num_points ≤ batch_size
+  (at least 1) that computes the fewest padded rows per run, the largest
+  such g on ties (bigger batches use the cores better)."""
+  most = max(1, min(runs_left, batch_size // max(num_points, 1)))
+  return min(range(1, most + 1),
+             key=lambda g: (padded_rows(g * num_points, batch_size) / g, -g))
+
+
+def _run_chunk(fn: Callable[..., jax.Array], chunk: list[np.ndarray]
+               ) -> np.ndarray:
+  """``fn(*chunk)`` as a NumPy array; on a multi-core CPU host a chunk of
+  2·MIN_BUCKET..CPU_SPLIT_MAX_ROWS rows runs as two halves in two threads
+  (XLA:CPU keeps about one core busy on such small batches; the examples
+  are independent, so the result is the same)."""
+  rows = chunk[0].shape[0]
+  if not (2 * MIN_BUCKET <= rows <= CPU_SPLIT_MAX_ROWS and rows % 2 == 0
+          and (os.cpu_count() or 1) >= 2 and jax.default_backend() == "cpu"):
+    return np.asarray(fn(*chunk))
+  half = rows // 2
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    second = pool.submit(lambda: np.asarray(fn(*[c[half:] for c in chunk])))
+    first = np.asarray(fn(*[c[:half] for c in chunk]))
+    return np.concatenate([first, second.result()], axis=0)
 
 
 def _batched(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray],
@@ -259,7 +302,7 @@ def _batched(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray],
         pad = np.repeat(c[-1:], size - (stop - start), axis=0)
         c = np.concatenate([c, pad], axis=0)
       chunk.append(c)
-    outs.append(np.asarray(fn(*chunk))[:stop - start])
+    outs.append(_run_chunk(fn, chunk)[:stop - start])
   return np.concatenate(outs, axis=0)
 
 
@@ -463,7 +506,7 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     norm: 'linf' or 'l2'; overrides the presets' norm (Square and FAB-T are
       ℓ∞ only).
     batch_size: examples per compiled call (the last chunk is padded to a
-      bucket of batch_size/4^k rows).
+      bucket of batch_size/2^k rows).
     run_all: run every attack on every clean-correct point (per-attack robust
       accuracy) instead of only on the points still robust.
     early_exit: attack only still-robust points between the runs of an
@@ -556,11 +599,12 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     messages += sanity.messages
 
   def attack_points(fn, points: np.ndarray, keys: np.ndarray,
-                    run_index: int | None = None):
-    """(x_att, fooled, inside) of ``fn`` on the points with these indices."""
+                    run_index: np.ndarray | None = None):
+    """(x_att, fooled, inside) of ``fn`` on the points with these indices
+    (point ``points[i]`` making run ``run_index[i]``)."""
     arrays = [x_np[points], y_np[points], keys[points]]
-    if run_index is not None:  # as an array: one compilation for every run
-      arrays.append(np.full(points.size, run_index, np.int32))
+    if run_index is not None:  # an array: one compilation for every run
+      arrays.append(run_index.astype(np.int32))
     x_att = _batched(fn, arrays, batch_size)
     pred = _batched(logits_jit, [x_att], batch_size).argmax(-1)
     dist = np.asarray(threat_model.per_example_norm(
@@ -587,20 +631,34 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     outside = 0
     point_runs = 0
     if early_exit and runs > 1:
-      # Run j only on the points that runs 0..j−1 left robust.
+      # Run j only on the points that runs 0..j−1 left robust. When fewer
+      # than batch_size points are left, the next g runs share one batch
+      # of g·left ≤ batch_size pairs (point, run): a point broken by run j
+      # keeps run j's point, as if the later runs had skipped it, so the
+      # outcome is that of one run at a time (module doc).
       run_jit = cached_jit(
           ("run", stage.name) + stage.cache_key,
           lambda lf, a=stage.attack: lambda xb, yb, kb, jb: a.run(
-              lf, xb, yb, jax.random.wrap_key_data(kb), jb[0]))
-      for j in range(runs):
+              lf, xb, yb, jax.random.wrap_key_data(kb), jb))
+      j = 0
+      while j < runs:
         left = np.nonzero(~fooled)[0]
         if not left.size:
           break
-        point_runs += left.size
-        x_j, fooled_j, inside_j = attack_points(run_jit, todo[left], keys, j)
+        group = runs_per_batch(left.size, runs - j, batch_size)
+        pair_points = np.tile(todo[left], group)
+        pair_runs = np.repeat(np.arange(j, j + group), left.size)
+        point_runs += pair_points.size
+        x_j, fooled_j, inside_j = attack_points(run_jit, pair_points, keys,
+                                                pair_runs)
         outside += int(np.sum(~inside_j))
-        x_att[left[fooled_j]] = x_j[fooled_j]
-        fooled[left[fooled_j]] = True
+        fooled_j = fooled_j.reshape(group, left.size)
+        x_j = x_j.reshape((group, left.size) + x_j.shape[1:])
+        hit = fooled_j.any(axis=0)
+        first = fooled_j.argmax(axis=0)  # the earliest run that broke it
+        x_att[left[hit]] = x_j[first[hit], np.nonzero(hit)[0]]
+        fooled[left[hit]] = True
+        j += group
     elif todo.size:
       point_runs = todo.size * runs
       jitted = cached_jit(

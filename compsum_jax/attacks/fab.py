@@ -193,42 +193,40 @@ def fab_targeted_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
 
   Run j attacks target j // R with restart j % R (AutoAttack's order: every
   restart of a target, then the next target); ``only_run=j`` (int or traced
-  int32 scalar) runs it alone, exactly as inside the full call.
+  int32 scalar) runs it alone, exactly as inside the full call; an array
+  ``only_run`` ([B] integers) gives example b its own run ``only_run[b]``.
   """
   n = check_fab_args(logits_fn, x, labels, eps, norm, num_steps,
                      num_target_classes, num_restarts, alpha_max, eta, beta)
   total = num_runs(n, num_target_classes=num_target_classes,
                    num_restarts=num_restarts)
-  if only_run is None:
-    first, last = 0, total
-  else:
-    if isinstance(only_run, (int, np.integer)) and not 0 <= only_run < total:
-      raise ValueError(f"only_run must lie in [0, {total}), got "
-                       f"only_run={only_run!r}")
-    first, last = only_run, only_run + 1
   x = jax.lax.stop_gradient(x)
   batch = x.shape[0]
+  threat_model.check_only_run(only_run, total, batch)
   keys = threat_model.example_keys(key, batch)
   eps_b = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,))
   # Classes by decreasing clean logit; target j is the (j + 2)-th largest.
   order = jnp.argsort(-jax.lax.stop_gradient(logits_fn(x)), axis=-1)
 
-  def run(j, acc):
-    targets = jnp.take(order, j // num_restarts + 1, axis=-1)
-    restart = j % num_restarts
+  per_example = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
+
+  def run(j):
+    # Run j (shared or per example): target j // R, restart j mod R.
+    targets = threat_model.target_of(order, j // num_restarts)
+    restart = jnp.broadcast_to(j % num_restarts, (batch,))
     u = jax.vmap(lambda k: jax.random.uniform(
         k, x.shape[1:], x.dtype, -1.0, 1.0))(threat_model.fold_in_each(keys, j))
     # Restarts r ≥ 1 start at clip(x + ε/2·u/‖u‖∞).
     radius = _START_FRACTION * eps_b / jnp.maximum(
         threat_model.per_example_norm(u, "linf"), 1e-12)
-    start = jnp.where(restart > 0, jnp.clip(
-        x + radius.reshape((-1,) + (1,) * (x.ndim - 1)) * u, 0.0, 1.0), x)
-    return _merge(acc, _single_run(logits_fn, x, labels, targets, start,
-                                   num_steps, alpha_max, eta, beta))
+    start = jnp.where(per_example(restart > 0),
+                      jnp.clip(x + per_example(radius) * u, 0.0, 1.0), x)
+    return _single_run(logits_fn, x, labels, targets, start, num_steps,
+                       alpha_max, eta, beta)
 
   empty = FABResult(x, jnp.full((batch,), jnp.inf, x.dtype),
                     jnp.zeros((batch,), bool))
-  result = jax.lax.fori_loop(first, last, run, empty)
+  result = threat_model.runs_merged(run, empty, _merge, only_run, total)
   return result._replace(x_adv=jax.lax.stop_gradient(result.x_adv))
 
 

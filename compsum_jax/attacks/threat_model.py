@@ -14,6 +14,7 @@ which other examples share its batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -211,7 +212,10 @@ def example_keys(key: jax.Array, batch_size: int) -> jax.Array:
 
 
 def fold_in_each(keys: jax.Array, data: int | jax.Array) -> jax.Array:
-  """fold_in(k_b, data) for every per-example key k_b."""
+  """fold_in(k_b, data_b) for every per-example key k_b: ``data`` is one
+  integer for all examples or one per example ([B])."""
+  if jnp.ndim(data) == 1:
+    return jax.vmap(jax.random.fold_in)(keys, data)
   return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
 
 
@@ -265,3 +269,53 @@ def random_start(keys: jax.Array, x: jax.Array, eps: jax.Array | float,
     return project(x + eps_b * normalize(t, norm), x, eps, norm)
   raise ValueError(f"random start must be one of 'uniform', 'gaussian', "
                    f"'boundary', got {kind!r}")
+
+
+def check_only_run(only_run: int | jax.Array | None, num_runs: int,
+                   batch: int) -> None:
+  """Raises unless ``only_run`` is None, one run index in [0, num_runs) or
+  one index per example ([batch] integers, in range where concrete)."""
+  if only_run is None:
+    return
+  if isinstance(only_run, (int, np.integer)):
+    if not 0 <= only_run < num_runs:
+      raise ValueError(f"only_run must lie in [0, {num_runs}), got "
+                       f"only_run={only_run!r}")
+    return
+  shape = tuple(np.shape(only_run))
+  if shape not in ((), (batch,)) or not jnp.issubdtype(
+      jnp.result_type(only_run), jnp.integer):
+    raise ValueError(f"only_run must be an integer or one integer per "
+                     f"example (shape ({batch},)), got shape {shape} of "
+                     f"dtype {jnp.result_type(only_run)}")
+  try:
+    values = np.asarray(only_run)
+  except (jax.errors.TracerArrayConversionError,
+          jax.errors.ConcretizationTypeError):
+    return  # traced: checked by the caller that built it
+  if values.size and (values.min() < 0 or values.max() >= num_runs):
+    raise ValueError(f"only_run must lie in [0, {num_runs}), got values "
+                     f"{values.min()}..{values.max()}")
+
+
+def runs_merged(run: Callable[[int | jax.Array], Any], empty: Any,
+          merge: Callable[[Any, Any], Any], only_run: int | jax.Array | None,
+          num_runs: int) -> Any:
+  """All runs merged in order, the one run ``only_run``, or, for an array
+  ``only_run`` [B], run ``only_run[b]`` for example b (one pass: every
+  run's randomness and target are per example)."""
+  if only_run is None:
+    return jax.lax.fori_loop(0, num_runs, lambda r, acc: merge(acc, run(r)),
+                             empty)
+  if jnp.ndim(only_run) == 1:
+    return merge(empty, run(jnp.asarray(only_run, jnp.int32)))
+  return jax.lax.fori_loop(only_run, only_run + 1,
+                           lambda r, acc: merge(acc, run(r)), empty)
+
+
+def target_of(order: jax.Array, rank: int | jax.Array) -> jax.Array:
+  """order[b, rank_b + 1] per example: the class with the (rank + 2)-th
+  largest clean logit (``order``: classes by decreasing clean logit, [B, n];
+  ``rank``: one integer or one per example)."""
+  rank = jnp.broadcast_to(jnp.asarray(rank, jnp.int32), order.shape[:1])
+  return jnp.take_along_axis(order, rank[:, None] + 1, axis=-1)[:, 0]

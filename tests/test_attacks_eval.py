@@ -517,3 +517,18 @@ def test_runs_per_batch_takes_the_fewest_padded_rows_per_run(
   best = min(padded(h * num_points) / h for h in feasible)
   assert padded(g * num_points) / g == best
   assert g == max(h for h in feasible if padded(h * num_points) / h == best)
+
+
+def test_second_call_with_the_same_jit_cache_compiles_nothing_new():
+  """A plain callable: the sanity checks' gradient and every attack are
+  kept in the caller's jit_cache, so a second call adds no compilation."""
+  f = _trained_model(0)
+  x, y = _test_points(24)
+  cache = {}
+  kw = dict(eps=EPS, batch_size=32, attacks=["apgd_ce"], jit_cache=cache,
+            overrides={"num_steps": 3})
+  attacks.robust_accuracy(f, x, y, jax.random.key(0), **kw)
+  assert any("sanity_gradient_l1" in k for k in cache if isinstance(k, tuple))
+  sizes = {k: v._cache_size() for k, v in cache.items()}
+  attacks.robust_accuracy(f, x, y, jax.random.key(1), **kw)
+  assert {k: v._cache_size() for k, v in cache.items()} == sizes

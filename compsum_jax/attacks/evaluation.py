@@ -336,13 +336,17 @@ _parametrised_gradient_l1 = jax.jit(_input_gradient_l1,
 def sanity_checks(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *,
                   batch_size: int = 256,
                   num_passes: int = DETERMINISM_PASSES,
-                  tolerance: float = DETERMINISM_TOLERANCE) -> SanityReport:
+                  tolerance: float = DETERMINISM_TOLERANCE,
+                  jit_cache: dict[Any, Any] | None = None) -> SanityReport:
   """AutoAttack-style checks on ``logits_fn`` at x [B, ...], labels [B].
 
   Determinism: ``num_passes`` forward passes on the first ``batch_size``
   points must agree, max |z_k − z_1| ≤ tolerance·(1 + max |z_1|). Zero
   gradients: the input gradient of the DLR loss (Croce & Hein 2020, eq. 5;
   cross-entropy with fewer than 3 classes) at every given point, in batches.
+
+  A ``jit_cache`` dict (as in :func:`robust_accuracy`) keeps the compiled
+  gradient of a plain callable ``logits_fn`` for later calls.
 
   Returns:
     A :class:`SanityReport`; its ``messages`` say what failed and why it
@@ -380,8 +384,12 @@ def sanity_checks(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *,
       return _parametrised_gradient_l1(logits_fn, xb, yb,
                                        objective_name=objective_name)
   else:
-    gradient_l1 = jax.jit(lambda xb, yb: _input_gradient_l1(
-        logits_fn, xb, yb, objective_name))
+    cache = {} if jit_cache is None else jit_cache
+    cache_key = (logits_fn, "sanity_gradient_l1", objective_name)
+    if cache_key not in cache:
+      cache[cache_key] = jax.jit(lambda xb, yb: _input_gradient_l1(
+          logits_fn, xb, yb, objective_name))
+    gradient_l1 = cache[cache_key]
 
   zero = 0
   if num:
@@ -594,8 +602,7 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     checked = correct if correct.any() else np.ones(num, bool)
     sanity = sanity_checks(
         logits_fn if _is_parametrised(logits_fn) else logits_jit,
-        x_np[checked], y_np[checked],
-                           batch_size=batch_size)
+        x_np[checked], y_np[checked], batch_size=batch_size, jit_cache=cache)
     messages += sanity.messages
 
   def attack_points(fn, points: np.ndarray, keys: np.ndarray,

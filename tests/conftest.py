@@ -49,6 +49,19 @@ def with_light_compilation(env: Mapping[str, str]) -> dict[str, str]:
   return env
 
 
+def without_light_compilation(env: Mapping[str, str]) -> dict[str, str]:
+  """A copy of ``env`` without LIGHT_COMPILE_XLA_FLAGS in XLA_FLAGS (its
+  other flags kept): for subprocesses whose run time dominates."""
+  env = dict(env)
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if f not in LIGHT_COMPILE_XLA_FLAGS]
+  if flags:
+    env["XLA_FLAGS"] = " ".join(flags)
+  else:
+    env.pop("XLA_FLAGS", None)
+  return env
+
+
 # The test processes (each xdist worker) and the subprocesses that inherit
 # os.environ compile lightly too; XLA reads XLA_FLAGS when jax starts.
 _SESSION_ENV = with_light_compilation(os.environ)

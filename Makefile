@@ -27,8 +27,10 @@ demo: install
 	$(PY) -m experiments.loss_comparison --config=configs/loss_comparison.py:digits --workdir=$(WORKDIR)
 
 # Default test suite (slow checks excluded; `make test-slow` runs them).
+# worksteal: a worker that runs out of tests takes some of the other's queue,
+# so a long test near the end does not leave a core idle.
 test: install-test
-	$(PY) -m pytest -n 2 -m "not slow" -q tests
+	$(PY) -m pytest -n 2 --dist worksteal -m "not slow" -q tests
 
 test-slow: install-test
 	$(PY) -m pytest -m slow -q tests

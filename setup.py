@@ -27,6 +27,9 @@ EXTRAS_REQUIRE = {
         "pytest>=8",
         "pytest-xdist>=3.5",
         "hypothesis>=6.100",
+        # jax's persistent compilation cache with a size bound (the tests set
+        # one) needs it; without it the cache is silently off.
+        "filelock>=3.12",
         "scipy>=1.12",
         "ruff>=0.6",
         # The notebooks' tests execute them.

@@ -25,12 +25,15 @@ if _CACHE != "off":
   # Least recently used entries go beyond 2 GB.
   os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
 
-# Lighter XLA:CPU compilation for the processes that end-to-end smoke tests
-# start (a few steps each, so compiling dominates): LLVM at -O0. A CNN step then compiles in about half the CPU time and
-# runs about 2-3x slower. The HLO passes are unchanged and LLVM reassociates
-# floating point only under fast-math (off by default on XLA:CPU), so the
-# affected tests keep their tolerances. Never for tests whose run time
-# dominates. COMPSUM_JAX_TEST_LIGHT_COMPILE=off disables it.
+# Lighter XLA:CPU compilation: LLVM at -O0. A CNN step then compiles in about
+# half the CPU time and runs about 2-3x slower; nearly every test runs a
+# program a few times, so compiling dominates. The HLO passes are unchanged and
+# LLVM reassociates floating point only under fast-math (off by default on
+# XLA:CPU), so the tests keep their tolerances. Applied to the test processes
+# themselves (below, before any test imports jax) and to the processes that
+# end-to-end smoke tests start; never to subprocesses whose run time dominates
+# (``run_on_fake_cpu_devices(..., light_compile=False)``).
+# COMPSUM_JAX_TEST_LIGHT_COMPILE=off disables it.
 LIGHT_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0",)
 
 
@@ -44,6 +47,26 @@ def with_light_compilation(env: Mapping[str, str]) -> dict[str, str]:
   flags += [f for f in LIGHT_COMPILE_XLA_FLAGS if f not in flags]
   env["XLA_FLAGS"] = " ".join(flags)
   return env
+
+
+def without_light_compilation(env: Mapping[str, str]) -> dict[str, str]:
+  """A copy of ``env`` without LIGHT_COMPILE_XLA_FLAGS in XLA_FLAGS (its
+  other flags kept): for subprocesses whose run time dominates."""
+  env = dict(env)
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if f not in LIGHT_COMPILE_XLA_FLAGS]
+  if flags:
+    env["XLA_FLAGS"] = " ".join(flags)
+  else:
+    env.pop("XLA_FLAGS", None)
+  return env
+
+
+# The test processes (each xdist worker) and the subprocesses that inherit
+# os.environ compile lightly too; XLA reads XLA_FLAGS when jax starts.
+_SESSION_ENV = with_light_compilation(os.environ)
+if "XLA_FLAGS" in _SESSION_ENV:
+  os.environ["XLA_FLAGS"] = _SESSION_ENV["XLA_FLAGS"]
 
 
 @pytest.fixture(scope="session")

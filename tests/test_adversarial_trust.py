@@ -38,7 +38,9 @@ def _tiny_config():
 def _binary(tmp_path, *args, timeout=240):
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
-  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "cache")
+  # The suite's compilation cache when it is on (tests/conftest.py), else a
+  # fresh one.
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "cache"))
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   return subprocess.run(
       [sys.executable, "-m", "experiments.adversarial_training", *args],

@@ -118,8 +118,10 @@ def test_cascade_worst_case_is_pointwise_minimum_of_single_attacks():
   f = _trained_model(0)
   x, y = _test_points(100)
   key = jax.random.key(3)
+  # One jit cache: run_all reuses the cascade's compiled attacks (same
+  # batch shapes; the programs do not depend on which points are attacked).
   kw = dict(eps=EPS, batch_size=64, overrides=_small_cascade_overrides(),
-            run_checks=False)
+            run_checks=False, jit_cache={})
   cascade = attacks.robust_accuracy(f, x, y, key, "aa_standard_like", **kw)
   # run_all: each attack on every clean-correct point, i.e. run one by one.
   every = attacks.robust_accuracy(f, x, y, key, "aa_standard_like",

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import process_helpers
 import pytest
+from conftest import with_light_compilation
 
 from compsum_jax.training import distributed
 from tools import launch_local
@@ -34,8 +35,8 @@ ADV_SMOKE = "--config=configs/adversarial_training.py:smoke"
 def _env() -> dict[str, str]:
   env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  env.pop("XLA_FLAGS", None)
-  return env
+  env.pop("XLA_FLAGS", None)  # device counts are set per process by flags
+  return with_light_compilation(env)
 
 
 def _binary(name: str, workdir: str, *flags: str) -> list[str]:
@@ -78,22 +79,40 @@ def _assert_members_match(reference: dict, other: dict, rel: float) -> None:
                             m_other["final"][field])
 
 
+class _LossComparisonRuns:
+  """The smoke preset's workdirs, each run on first use (a test that needs
+  one run does not pay for the others): ``runs[name]`` for name in
+  'one_process' (1 x 2 devices), 'one_device' (1 x 1 device) and
+  'two_processes' (2 x 1 device); ``runs["root"]``: their parent folder."""
+
+  _DEVICES = {"one_process": 2, "one_device": 1}
+
+  def __init__(self, root):
+    self._root = root
+    self._done: dict[str, str] = {}
+
+  def __getitem__(self, name: str) -> str:
+    if name == "root":
+      return str(self._root)
+    if name not in self._done:
+      workdir = str(self._root / name)
+      if name == "two_processes":
+        _run(_launch_two(_binary("loss_comparison", workdir, LC_SMOKE),
+                         str(self._root / "two")),
+             str(self._root / "two.log"))
+      else:
+        _run(_binary("loss_comparison", workdir, LC_SMOKE,
+                     f"--config.cpu_devices={self._DEVICES[name]}"),
+             str(self._root / f"{name}.log"))
+      self._done[name] = workdir
+    return self._done[name]
+
+
 @pytest.fixture(scope="module")
 def loss_comparison_runs(tmp_path_factory):
-  """The smoke preset as 1 x 2 devices, 2 x 1 device and 1 x 1 device."""
-  root = tmp_path_factory.mktemp("lc_dist")
-  runs = {}
-  for name, devices in (("one_process", 2), ("one_device", 1)):
-    workdir = str(root / name)
-    _run(_binary("loss_comparison", workdir, LC_SMOKE,
-                 f"--config.cpu_devices={devices}"), str(root / f"{name}.log"))
-    runs[name] = workdir
-  workdir = str(root / "two_processes")
-  _run(_launch_two(_binary("loss_comparison", workdir, LC_SMOKE),
-                   str(root / "two")), str(root / "two.log"))
-  runs["two_processes"] = workdir
-  runs["root"] = str(root)
-  return runs
+  """The smoke preset as 1 x 2 devices, 2 x 1 device and 1 x 1 device, each
+  run once per module when a test first asks for it."""
+  return _LossComparisonRuns(tmp_path_factory.mktemp("lc_dist"))
 
 
 @pytest.mark.slow

@@ -31,7 +31,10 @@ SMOKE = ["--config=configs/loss_comparison.py:smoke", "--config.taus=0,2",
 def _env(cache_dir):
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
-  env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+  # The suite's compilation cache (tests/conftest.py) when it is on, so that
+  # programs compiled by other tests or earlier runs are reused; else a
+  # fresh one.
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir))
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   return env
 

@@ -16,6 +16,7 @@ import pathlib
 import sys
 
 import pytest
+from conftest import without_light_compilation
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -86,6 +87,12 @@ def full_size_kernel_env(tmp_path_factory):
   patch = pytest.MonkeyPatch()
   name = _install_kernel(tmp_path_factory, patch)
   patch.delenv("COMPSUM_NOTEBOOK_SMOKE", raising=False)
+  # Full-size runs: run time dominates, so the default XLA:CPU optimisation.
+  full = without_light_compilation(os.environ)
+  if "XLA_FLAGS" in full:
+    patch.setenv("XLA_FLAGS", full["XLA_FLAGS"])
+  else:
+    patch.delenv("XLA_FLAGS", raising=False)
   yield name
   patch.undo()
 

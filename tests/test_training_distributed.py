@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import process_helpers
 import pytest
+from conftest import with_light_compilation
 
 from compsum_jax import data, training
 from compsum_jax.training import distributed
@@ -38,8 +39,8 @@ FAILURE_TIMEOUT_S = 10.0
 def _env() -> dict[str, str]:
   env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  env.pop("XLA_FLAGS", None)
-  return env
+  env.pop("XLA_FLAGS", None)  # device counts are set per process by flags
+  return with_light_compilation(env)
 
 
 def _free_port() -> int:

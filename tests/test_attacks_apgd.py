@@ -182,3 +182,30 @@ def test_apgd_errors():
     attacks.apgd(f3, x, y, key, eps=0.1, num_steps=0)
   with pytest.raises(ValueError, match="rho"):
     attacks.apgd(f3, x, y, key, eps=0.1, num_steps=5, rho=1.5)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_stop_when_all_fooled_keeps_the_outcome_and_stops(targeted):
+  """A run that stops once every example is misclassified finds the same
+  misclassified set as the full run, in fewer steps (large ε: all break)."""
+  rng = np.random.default_rng(3)
+  weights = rng.normal(size=(16, 5)).astype(np.float32)
+  f = lambda x: x @ weights
+  x = jnp.asarray(rng.random((8, 16)), jnp.float32)
+  y = jnp.asarray(np.asarray(f(x)).argmax(-1), jnp.int32)
+  run = attacks.apgd_targeted_run if targeted else attacks.apgd_run
+  for eps in (0.5, 0.02):  # every example breaks; hardly any does
+    kw = dict(eps=eps, num_steps=20)
+    full = run(f, x, y, jax.random.key(0), **kw)
+    short = run(f, x, y, jax.random.key(0), stop_when_all_fooled=True, **kw)
+    np.testing.assert_array_equal(np.asarray(short.misclassified),
+                                  np.asarray(full.misclassified))
+    steps_done = int(np.sum(np.any(np.asarray(short.loss_history[1:]) != 0,
+                                   axis=-1)))
+    if np.all(np.asarray(full.misclassified)):
+      assert steps_done < 20
+    else:
+      np.testing.assert_allclose(np.asarray(short.x_adv),
+                                 np.asarray(full.x_adv), atol=1e-6)
+  with pytest.raises(ValueError, match="stop_when_all_fooled"):
+    run(f, x, y, jax.random.key(0), eps=0.1, stop_when_all_fooled=1)

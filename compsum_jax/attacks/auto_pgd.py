@@ -103,8 +103,10 @@ def _bcast(v: jax.Array, like: jax.Array) -> jax.Array:
 def _single_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                 keys: jax.Array, eps: jax.Array, num_steps: int, norm: str,
                 objective: objectives.Objective,
-                target_labels: jax.Array | None, rho: float) -> APGDResult:
-  """One APGD run (Alg. 1) on a batch; see the module docstring."""
+                target_labels: jax.Array | None, rho: float,
+                stop_when_all_fooled: bool = False) -> APGDResult:
+  """One APGD run (Alg. 1) on a batch; see the module docstring. With
+  ``stop_when_all_fooled`` the run ends once every example is misclassified."""
   batch = x.shape[0]
   eps_b = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,))
 
@@ -175,7 +177,13 @@ def _single_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
         is_ckpt[i], s["loss_best"], s["loss_best_last_check"])
     return s
 
-  s = jax.lax.fori_loop(0, num_steps, body, state)
+  if stop_when_all_fooled:
+    # Every example misclassified: later steps cannot change which are.
+    _, s = jax.lax.while_loop(
+        lambda c: (c[0] < num_steps) & ~jnp.all(c[1]["found"]),
+        lambda c: (c[0] + 1, body(c[0], c[1])), (0, state))
+  else:
+    s = jax.lax.fori_loop(0, num_steps, body, state)
   x_ret = jnp.where(_bcast(s["found"], x), s["x_adv"], s["x_best"])
   return APGDResult(x_adv=x_ret, x_best=s["x_best"], best_loss=s["loss_best"],
                     misclassified=s["found"], loss_history=s["history"],
@@ -215,7 +223,10 @@ def num_runs(num_classes: int, *, num_restarts: int = 1,
 
 
 def _check_common(logits_fn, x, labels, eps, norm, num_steps, num_restarts,
-                  rho) -> int:
+                  rho, stop_when_all_fooled=False) -> int:
+  if not isinstance(stop_when_all_fooled, bool):
+    raise ValueError(f"stop_when_all_fooled must be True or False, got "
+                     f"stop_when_all_fooled={stop_when_all_fooled!r}")
   n = threat_model.check_attack_args(logits_fn, x, labels, eps, norm)
   threat_model.check_positive_int(num_steps, "num_steps")
   threat_model.check_positive_int(num_restarts, "num_restarts")
@@ -228,7 +239,8 @@ def apgd_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
              norm: str = "linf", loss: str | objectives.Objective = "ce",
              num_restarts: int = 1, rho: float = RHO,
              target_labels: jax.Array | None = None,
-             only_run: int | jax.Array | None = None) -> APGDResult:
+             only_run: int | jax.Array | None = None,
+             stop_when_all_fooled: bool = False) -> APGDResult:
   """APGD with restarts, returning the full :class:`APGDResult`.
 
   Same arguments as :func:`apgd`. Restart r uses the per-example keys folded
@@ -238,9 +250,13 @@ def apgd_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   evaluation calls it on the points still robust after restarts 0..r−1.
   ``only_run`` may also be one run index per example ([B] integers): example
   b then makes run ``only_run[b]`` alone, so several runs share one batch.
+  ``stop_when_all_fooled=True`` ends a run once every example of the batch
+  is misclassified (which examples are misclassified is then final; x_adv is
+  the last misclassified iterate so far and the loss histories stop there):
+  the early-exit evaluation uses it.
   """
   n = _check_common(logits_fn, x, labels, eps, norm, num_steps, num_restarts,
-                    rho)
+                    rho, stop_when_all_fooled)
   if loss in ("dlr", "dlr_targeted"):
     objectives.check_dlr_classes(n, targeted=loss == "dlr_targeted")
   if loss == "dlr_targeted" and target_labels is None:
@@ -257,7 +273,8 @@ def apgd_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   def run(r):
     return _single_run(logits_fn, x, labels,
                        threat_model.fold_in_each(keys, r), eps, num_steps,
-                       norm, objective, target_labels, rho)
+                       norm, objective, target_labels, rho,
+                       stop_when_all_fooled)
 
   threat_model.check_only_run(only_run, num_restarts, x.shape[0])
   result = threat_model.runs_merged(run, _empty_result(x, num_steps), _merge, only_run,
@@ -302,15 +319,17 @@ def apgd_targeted_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                       num_steps: int = 100, norm: str = "linf",
                       num_target_classes: int = 9, num_restarts: int = 1,
                       rho: float = RHO,
-                      only_run: int | jax.Array | None = None) -> APGDResult:
+                      only_run: int | jax.Array | None = None,
+                      stop_when_all_fooled: bool = False) -> APGDResult:
   """APGD-T with the full :class:`APGDResult`; see :func:`apgd_targeted`.
 
   Run j = r·T + t attacks target t with restart r; ``only_run=j`` (int or
   traced int32 scalar) runs it alone, as inside the full call; an array
-  ``only_run`` ([B] integers) gives example b its own run ``only_run[b]``.
+  ``only_run`` ([B] integers) gives example b its own run ``only_run[b]``;
+  ``stop_when_all_fooled`` as in :func:`apgd_run`.
   """
   n = _check_common(logits_fn, x, labels, eps, norm, num_steps, num_restarts,
-                    rho)
+                    rho, stop_when_all_fooled)
   objectives.check_dlr_classes(n, targeted=True)
   threat_model.check_positive_int(num_target_classes, "num_target_classes")
   num_targets = min(num_target_classes, n - 1)
@@ -325,7 +344,7 @@ def apgd_targeted_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     targets = threat_model.target_of(order, j % num_targets)
     run_keys = threat_model.fold_in_each(keys, j)
     return _single_run(logits_fn, x, labels, run_keys, eps, num_steps, norm,
-                       objective, targets, rho)
+                       objective, targets, rho, stop_when_all_fooled)
 
   threat_model.check_only_run(only_run, num_targets * num_restarts, x.shape[0])
   result = threat_model.runs_merged(run, _empty_result(x, num_steps), _merge, only_run,

@@ -444,6 +444,13 @@ class _Stage:
     runs = getattr(self.attack, "num_runs", None)
     return int(runs(num_classes)) if callable(runs) else 1
 
+  @property
+  def attack_runs_alone(self) -> bool:
+    """Whether its runs can be made one at a time (``Attack.run``)."""
+    kind = getattr(self.attack, "kind", None)
+    return (isinstance(self.attack, presets.Attack)
+            and getattr(kind, "single_run", None) is not None)
+
 
 def _resolve_attacks(attacks: str | Sequence[AttackSpec],
                      overrides: dict[str, Any]) -> list[_Stage]:
@@ -637,7 +644,7 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     x_att = x_np[todo].copy()
     outside = 0
     point_runs = 0
-    if early_exit and runs > 1:
+    if early_exit and stage.attack_runs_alone:
       # Run j only on the points that runs 0..j−1 left robust. When fewer
       # than batch_size points are left, the next g runs share one batch
       # of g·left ≤ batch_size pairs (point, run): a point broken by run j

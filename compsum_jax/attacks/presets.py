@@ -107,9 +107,11 @@ class AttackKind:
     targeted: attacks target classes.
     norms: the norms it supports.
     single_run: ``single_run(logits_fn, x, labels, key, run_index, **config)
-      -> x_adv``, one of its separate runs (restart or target) exactly as in
-      the full call, or None when it makes one run; the early-exit evaluation
-      attacks with run j only the points that runs 0..j−1 left robust.
+      -> x_adv``, one of its separate runs (restart or target; ``run_index``
+      one integer or one per example) with the outcome of the full call's
+      run (it may stop once every point of the batch is misclassified), or
+      None when it makes one run; the early-exit evaluation attacks with run
+      j only the points that runs 0..j−1 left robust.
     runs: ``runs(num_classes, config) -> number of separate runs``.
     extra_arguments: config keys accepted beyond ``fn``'s signature.
   """
@@ -137,12 +139,13 @@ class AttackKind:
 
 def _apgd_single(logits_fn, x, labels, key, run_index, **cfg):
   return apgd_lib.apgd_run(logits_fn, x, labels, key, only_run=run_index,
-                           **cfg).x_adv
+                           stop_when_all_fooled=True, **cfg).x_adv
 
 
 def _apgd_targeted_single(logits_fn, x, labels, key, run_index, **cfg):
   return apgd_lib.apgd_targeted_run(logits_fn, x, labels, key,
-                                    only_run=run_index, **cfg).x_adv
+                                    only_run=run_index,
+                                    stop_when_all_fooled=True, **cfg).x_adv
 
 
 def _fab_targeted_single(logits_fn, x, labels, key, run_index, **cfg):

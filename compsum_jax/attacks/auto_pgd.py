@@ -277,8 +277,8 @@ def apgd_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                        stop_when_all_fooled)
 
   threat_model.check_only_run(only_run, num_restarts, x.shape[0])
-  result = threat_model.runs_merged(run, _empty_result(x, num_steps), _merge, only_run,
-                 num_restarts)
+  result = threat_model.runs_merged(run, _empty_result(x, num_steps), _merge,
+                                    only_run, num_restarts)
   return result._replace(x_adv=jax.lax.stop_gradient(result.x_adv))
 
 
@@ -347,8 +347,8 @@ def apgd_targeted_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                        objective, targets, rho, stop_when_all_fooled)
 
   threat_model.check_only_run(only_run, num_targets * num_restarts, x.shape[0])
-  result = threat_model.runs_merged(run, _empty_result(x, num_steps), _merge, only_run,
-                 num_targets * num_restarts)
+  result = threat_model.runs_merged(run, _empty_result(x, num_steps), _merge,
+                                    only_run, num_targets * num_restarts)
   return result._replace(x_adv=jax.lax.stop_gradient(result.x_adv))
 
 

@@ -292,15 +292,15 @@ def check_only_run(only_run: int | jax.Array | None, num_runs: int,
     values = np.asarray(only_run)
   except (jax.errors.TracerArrayConversionError,
           jax.errors.ConcretizationTypeError):
-    return  # traced: checked by the caller that built it
+    return  # traced: its values are the caller's to keep in range
   if values.size and (values.min() < 0 or values.max() >= num_runs):
     raise ValueError(f"only_run must lie in [0, {num_runs}), got values "
                      f"{values.min()}..{values.max()}")
 
 
 def runs_merged(run: Callable[[int | jax.Array], Any], empty: Any,
-          merge: Callable[[Any, Any], Any], only_run: int | jax.Array | None,
-          num_runs: int) -> Any:
+                merge: Callable[[Any, Any], Any],
+                only_run: int | jax.Array | None, num_runs: int) -> Any:
   """All runs merged in order, the one run ``only_run``, or, for an array
   ``only_run`` [B], run ``only_run[b]`` for example b (one pass: every
   run's randomness and target are per example)."""

@@ -1,6 +1,8 @@
 """Tests for FAB-T: its projection against float64 NumPy and SciPy, and the
 minimal ℓ∞ perturbation of linear models, known in closed form."""
 
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,6 +75,75 @@ def test_projection_when_hyperplane_misses_box_or_point_is_on_it():
   np.testing.assert_allclose(d, _numpy_projection(p, w, 5.0), atol=1e-7)
   d0 = fab.project_linf_hyperplane_box(p, w, jnp.float32(w @ p))
   np.testing.assert_allclose(np.asarray(d0), 0.0, atol=1e-7)
+
+
+def _sorted_closed_form(p, w, b):
+  """The same projection in float64 by the sorted closed form: h is linear
+  between the sorted rooms, so walk the sorted breakpoints to the piece where
+  h reaches |c| and solve on it (independent of the bisection under test)."""
+  p, w = p.astype(np.float64), w.astype(np.float64)
+  c = b - w @ p
+  s = np.sign(w) * np.sign(c)
+  room = np.where(s > 0, 1.0 - p, np.where(s < 0, p, 0.0))
+  a = np.abs(w)
+  order = np.argsort(room, kind="stable")
+  u, a_s = room[order], a[order]
+  done = 0.0  # Σ over the breakpoints passed of |w_i| u_i
+  for k in range(len(u)):
+    rest = a_s[k:].sum()  # slope of h on the piece ending at u[k]
+    if done + u[k] * rest >= abs(c):
+      delta = (abs(c) - done) / rest if rest > 0 else u[k]
+      return s * np.minimum(delta, room)
+    done += a_s[k] * u[k]
+  return s * room  # the hyperplane misses the box
+
+
+@pytest.mark.parametrize("dim", [1, 2, 64, 3072])
+def test_projection_matches_sorted_closed_form_at_image_sizes(dim):
+  """Digits (64) and CIFAR (3072) sizes, with ties among the rooms (pixels
+  at 0 or 1, repeated values) and coordinates of zero weight."""
+  rng = np.random.default_rng(dim)
+  for trial in range(4):
+    p = rng.random(dim).astype(np.float32)
+    p[rng.random(dim) < 0.3] = rng.choice([0.0, 1.0, 0.5])
+    w = rng.normal(size=dim).astype(np.float32)
+    w[rng.random(dim) < 0.1] = 0.0
+    # Offsets from "on the hyperplane" to "out of reach".
+    b = float(w @ p + (trial - 1) * 0.3 * np.abs(w).sum())
+    d = np.asarray(fab.project_linf_hyperplane_box(
+        jnp.asarray(p), jnp.asarray(w), jnp.float32(b)), np.float64)
+    expected = _sorted_closed_form(p, w, b)
+    np.testing.assert_allclose(d, expected, atol=1e-5 * max(1.0, np.abs(
+        expected).max()))
+    np.testing.assert_allclose(d, _numpy_projection(p, w, b), atol=1e-5)
+
+
+_jitted_projection = jax.jit(fab.project_linf_hyperplane_box)
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    p=st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 0.1, 0.9]),
+               min_size=1, max_size=12),
+    data=st.data(), shift=st.floats(-3.0, 3.0))
+def test_projection_property_against_sorted_closed_form(p, data, shift):
+  """Any box point (rooms with many ties), weights with zeros and ties, any
+  offset: the bisection agrees with the sorted closed form."""
+  p = np.asarray(p, np.float32)
+  w = np.asarray(data.draw(st.lists(
+      st.sampled_from([0.0, 1.0, -1.0, 2.0, -0.5, 3.0]),
+      min_size=len(p), max_size=len(p))), np.float32)
+  b = float(w @ p + shift)
+  # Padded to 12 coordinates of zero weight (they must not move): one
+  # compilation for every example.
+  pad = 12 - len(p)
+  d = np.asarray(_jitted_projection(
+      jnp.asarray(np.r_[p, np.full(pad, 0.5, np.float32)]),
+      jnp.asarray(np.r_[w, np.zeros(pad, np.float32)]), jnp.float32(b)),
+      np.float64)
+  np.testing.assert_allclose(d[len(p):], 0.0, atol=0.0)
+  np.testing.assert_allclose(d[:len(p)], _sorted_closed_form(p, w, b),
+                             atol=1e-5)
 
 
 def _linear_model(seed, num_classes, dim, scale):

@@ -66,6 +66,11 @@ class FABResult(NamedTuple):
   found: jax.Array
 
 
+def _bit_pattern_dtype(dtype: jnp.dtype) -> jnp.dtype:
+  """Signed integer type of the same width as the float ``dtype``."""
+  return {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[jnp.dtype(dtype).itemsize]
+
+
 def project_linf_hyperplane_box(point: jax.Array, w: jax.Array,
                                 b: jax.Array) -> jax.Array:
   """Minimal ℓ∞ step onto a hyperplane inside the box [0, 1]^d, one example.
@@ -73,9 +78,15 @@ def project_linf_hyperplane_box(point: jax.Array, w: jax.Array,
   Solves min ‖d‖∞ s.t. ⟨w, p + d⟩ = b and p + d ∈ [0, 1]^d for p in the box.
   With c = b − ⟨w, p⟩, s_i = sign(c·w_i) and the room u_i = 1 − p_i (s_i > 0)
   or p_i (s_i < 0), the solution is d_i = s_i·min(δ, u_i), δ the smallest
-  value with Σ_i |w_i|·min(δ, u_i) = |c| (a piecewise linear, non-decreasing
-  function of δ, solved exactly over the sorted u_i). If no δ reaches |c|
-  the hyperplane does not meet the box and d_i = s_i·u_i.
+  value with h(δ) = Σ_i |w_i|·min(δ, u_i) = |c|. If h(max u) < |c| the
+  hyperplane does not meet the box and d_i = s_i·u_i.
+
+  h is continuous, non-decreasing and linear between the sorted u_i. Instead
+  of sorting (XLA's sort is the slow part on CPU), δ is bracketed by bisection
+  over the bit patterns of non-negative floats, which order like the floats:
+  ``nbits − 1`` halvings leave two adjacent floats lo < hi with
+  h(lo) < |c| ≤ h(hi), so no u_i lies strictly between them and on [lo, hi]
+  h(δ) = Σ_{u_i ≤ lo} |w_i| u_i + δ·Σ_{u_i > lo} |w_i|, solved for δ exactly.
 
   Args:
     point: p, [D] in [0, 1].
@@ -89,19 +100,32 @@ def project_linf_hyperplane_box(point: jax.Array, w: jax.Array,
   direction = jnp.sign(w) * jnp.sign(c)  # s_i
   room = jnp.where(direction > 0, 1.0 - point,
                    jnp.where(direction < 0, point, 0.0))  # u_i
+  room = jnp.maximum(room, 0.0)  # bit patterns order like the floats ≥ 0
   weight = jnp.abs(w)
   target = jnp.abs(c)
-  order = jnp.argsort(room)
-  room_s, weight_s = room[order], weight[order]
-  # g(u_(k)) = Σ_{j<k} |w_j| u_j + u_(k)·Σ_{j≥k} |w_j|.
-  below = jnp.cumsum(weight_s * room_s) - weight_s * room_s
-  above = jnp.cumsum(weight_s[::-1])[::-1]
-  reach = below + room_s * above
-  feasible = reach[-1] >= target
-  k = jnp.argmax(reach >= target)
-  # On [u_(k−1), u_(k)]: g(δ) = below_k + δ·above_k = |c|.
-  delta = (target - below[k]) / jnp.maximum(above[k], 1e-30)
-  delta = jnp.where(feasible, jnp.maximum(delta, 0.0), room_s[-1])
+  top = jnp.max(room)
+
+  def reach(delta):  # h(δ) = Σ_i |w_i|·min(δ, u_i)
+    return jnp.sum(weight * jnp.minimum(delta, room))
+
+  bits = _bit_pattern_dtype(room.dtype)
+  as_float = lambda v: jax.lax.bitcast_convert_type(v, room.dtype)
+
+  def halve(_, bracket):
+    lo, hi = bracket
+    mid = lo + (hi - lo) // 2
+    short = reach(as_float(mid)) < target
+    return jnp.where(short, mid, lo), jnp.where(short, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(
+      0, 8 * jnp.dtype(bits).itemsize - 1, halve,
+      (jnp.zeros((), bits), jax.lax.bitcast_convert_type(top, bits)))
+  lo, hi = as_float(lo), as_float(hi)
+  # On [lo, hi]: h(δ) = Σ_{u_i ≤ lo} |w_i| u_i + δ·Σ_{u_i > lo} |w_i| = |c|.
+  under = room <= lo
+  delta = ((target - jnp.sum(jnp.where(under, weight * room, 0.0)))
+           / jnp.maximum(jnp.sum(jnp.where(under, 0.0, weight)), 1e-30))
+  delta = jnp.where(reach(top) >= target, jnp.clip(delta, lo, hi), top)
   return direction * jnp.minimum(delta, room)
 
 

@@ -2,6 +2,7 @@
 on small MLPs trained on scikit-learn's digits (8×8 images in [0, 1])."""
 
 import functools
+import os
 import warnings
 
 import flax.linen as nn
@@ -475,9 +476,9 @@ def test_batched_runs_give_the_one_at_a_time_outcome():
           <= 4 * t_grouped.num_attacked)
 
 
-def test_chunks_split_over_two_threads_give_the_same_values():
-  """Small chunks run as two halves in two threads on a CPU host: the rows
-  come back complete and in order (padding included)."""
+def test_chunks_split_over_threads_give_the_same_values():
+  """On a multi-core CPU host chunks run as equal parts in several threads:
+  the rows come back complete and in order (padding included)."""
   from compsum_jax.attacks import evaluation
   calls = []
 
@@ -493,8 +494,20 @@ def test_chunks_split_over_two_threads_give_the_same_values():
     out = evaluation._batched(fn, [a, b], 64)
     np.testing.assert_allclose(out, a * 2.0 + b[:, None], rtol=1e-6)
     assert max(calls) <= 64
-    if jax.default_backend() == "cpu" and total in (40, 64):
-      assert calls == [32, 32]  # one chunk of 64 rows, in two halves
+    parts = evaluation.cpu_thread_parts(64)
+    if total in (40, 64):  # one chunk of 64 rows, in equal parts
+      assert calls == [64 // parts] * parts
+    if jax.default_backend() == "cpu" and (os.cpu_count() or 1) >= 2:
+      assert parts >= 2
+
+
+@pytest.mark.parametrize("rows,cores,parts", [
+    (512, 2, 2), (512, 1, 1), (512, 16, 16), (512, 64, 32), (64, 16, 4),
+    (16, 2, 1), (32, 2, 2), (24, 8, 1), (96, 8, 4), (8, 4, 1)])
+def test_cpu_thread_parts(rows, cores, parts):
+  from compsum_jax.attacks import evaluation
+  assert evaluation.CPU_MIN_ROWS_PER_THREAD == 16
+  assert evaluation.cpu_thread_parts(rows, cores) == parts
 
 
 @pytest.mark.parametrize("num_points,runs_left,batch_size", [

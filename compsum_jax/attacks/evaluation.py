@@ -74,11 +74,12 @@ DETERMINISM_PASSES = 3
 DETERMINISM_TOLERANCE = 1e-6
 # Smallest padded bucket of the host-side compaction.
 MIN_BUCKET = 8
-# On a CPU host, chunks of up to this many rows run as two halves in two
-# threads: one XLA:CPU program on a batch of ≤ 64 keeps about one core busy,
-# and two halves at once ran 1.4-1.5× faster on 2 cores, while from 128 rows
-# on one program is as fast (benchmarks/results/autoattack.md).
-CPU_SPLIT_MAX_ROWS = 64
+# On a CPU host a chunk runs as P equal parts in P threads, P the largest
+# power of two ≤ the number of cores with parts of at least this many rows:
+# one XLA:CPU program keeps about one core busy (each convolution runs on one
+# core). On 2 cores two halves ran 1.5-2× faster than the whole chunk at every
+# size measured, 64 to 512 rows (benchmarks/results/autoattack.md).
+CPU_MIN_ROWS_PER_THREAD = 2 * MIN_BUCKET
 
 
 @dataclasses.dataclass
@@ -266,21 +267,37 @@ def runs_per_batch(num_points: int, runs_left: int, batch_size: int) -> int:
              key=lambda g: (padded_rows(g * num_points, batch_size) / g, -g))
 
 
+def cpu_thread_parts(rows: int, num_cores: int | None = None) -> int:
+  """Equal parts a chunk of ``rows`` rows runs as on a CPU host: the largest
+  power of two P ≤ ``num_cores`` (default: this host's) dividing ``rows``
+  with rows / P ≥ CPU_MIN_ROWS_PER_THREAD; 1 off CPU."""
+  if num_cores is None:
+    if jax.default_backend() != "cpu":
+      return 1
+    num_cores = os.cpu_count() or 1
+  parts = 1
+  while (2 * parts <= num_cores and rows % (2 * parts) == 0
+         and rows // (2 * parts) >= CPU_MIN_ROWS_PER_THREAD):
+    parts *= 2
+  return parts
+
+
 def _run_chunk(fn: Callable[..., jax.Array], chunk: list[np.ndarray]
                ) -> np.ndarray:
-  """``fn(*chunk)`` as a NumPy array; on a multi-core CPU host a chunk of
-  2·MIN_BUCKET..CPU_SPLIT_MAX_ROWS rows runs as two halves in two threads
-  (XLA:CPU keeps about one core busy on such small batches; the examples
-  are independent, so the result is the same)."""
+  """``fn(*chunk)`` as a NumPy array; on a multi-core CPU host the chunk runs
+  as :func:`cpu_thread_parts` equal parts in as many threads (XLA:CPU keeps
+  about one core busy per program; the examples are independent, so the
+  result is the same)."""
   rows = chunk[0].shape[0]
-  if not (2 * MIN_BUCKET <= rows <= CPU_SPLIT_MAX_ROWS and rows % 2 == 0
-          and (os.cpu_count() or 1) >= 2 and jax.default_backend() == "cpu"):
+  parts = cpu_thread_parts(rows)
+  if parts == 1:
     return np.asarray(fn(*chunk))
-  half = rows // 2
-  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-    second = pool.submit(lambda: np.asarray(fn(*[c[half:] for c in chunk])))
-    first = np.asarray(fn(*[c[:half] for c in chunk]))
-    return np.concatenate([first, second.result()], axis=0)
+  size = rows // parts
+  pieces = [[c[i * size:(i + 1) * size] for c in chunk] for i in range(parts)]
+  with concurrent.futures.ThreadPoolExecutor(max_workers=parts - 1) as pool:
+    rest = [pool.submit(lambda p=p: np.asarray(fn(*p))) for p in pieces[1:]]
+    first = np.asarray(fn(*pieces[0]))
+    return np.concatenate([first] + [r.result() for r in rest], axis=0)
 
 
 def _batched(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray],

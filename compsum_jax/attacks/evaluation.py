@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import time
 import warnings
@@ -438,10 +439,19 @@ def _example_keys(key: jax.Array, name: str, num: int, offset: int = 0
   i = 0..num−1."""
   if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.wrap_key_data(key)  # raw uint32 key
-  attack_key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+  return np.asarray(_folded_keys(key, zlib.crc32(name.encode()) & 0x7FFFFFFF,
+                                 offset, num))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _folded_keys(key: jax.Array, salt: int, offset: int, num: int
+                 ) -> jax.Array:
+  """Key data of fold_in(fold_in(key, salt), offset + i), i < num (one
+  compiled call instead of a dispatch per operation)."""
+  attack_key = jax.random.fold_in(key, salt)
   keys = jax.vmap(lambda i: jax.random.fold_in(attack_key, i))(
       offset + jnp.arange(num))
-  return np.asarray(jax.random.key_data(keys))
+  return jax.random.key_data(keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -655,7 +665,8 @@ def robust_accuracy(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     start_time = time.perf_counter()
     name = stage.name
     todo = np.nonzero(robust if (early_exit and not run_all) else correct)[0]
-    keys = _example_keys(key, name, num, int(example_offset))
+    keys = (_example_keys(key, name, num, int(example_offset)) if todo.size
+            else None)  # nothing to attack
     runs = stage.num_runs(num_classes)
     fooled = np.zeros(todo.size, bool)
     x_att = x_np[todo].copy()

@@ -24,3 +24,11 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
   except (AttributeError, OSError):
     return (float("nan"),) * 3
+
+
+def write_report(path: str, lines: list[str]) -> None:
+  """Writes a benchmark's markdown lines to ``path`` and prints them."""
+  text = "\n".join(lines) + "\n"
+  with open(path, "w", encoding="utf-8") as fh:
+    fh.write(text)
+  print(text)

@@ -55,7 +55,7 @@ import torchattacks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=wrong-import-position
-from _machine import cpu_model, load_average  # noqa: E402
+from _machine import cpu_model, load_average, write_report  # noqa: E402
 from attacks import TorchCNN, train_cnn  # noqa: E402
 
 from compsum_jax import attacks  # noqa: E402
@@ -318,10 +318,7 @@ def main() -> None:
   lines += ["", "Attack configuration (JAX, protocol 'torchattacks "
             "defaults'):", ""]
   lines += [f"- {c}" for c in rows[1]["config"]]
-  text = "\n".join(lines) + "\n"
-  with open(args.out, "w", encoding="utf-8") as fh:
-    fh.write(text)
-  print(text)
+  write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=wrong-import-position
-from _machine import cpu_model, load_average  # noqa: E402
+from _machine import cpu_model, load_average, write_report  # noqa: E402
 
 from compsum_jax.attacks import fab  # noqa: E402
 
@@ -108,10 +108,7 @@ def main() -> None:
   lines += [f"| {d} | {o:.2f} | {n:.2f} | {o / n:.1f}× | {e:.1e} |"
             for d, o, n, e in rows]
   lines += ["", "Command: `.venv/bin/python benchmarks/fab_projection.py`"]
-  text = "\n".join(lines) + "\n"
-  with open(args.out, "w", encoding="utf-8") as fh:
-    fh.write(text)
-  print(text)
+  write_report(args.out, lines)
 
 
 if __name__ == "__main__":
